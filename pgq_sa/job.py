@@ -1,0 +1,118 @@
+"""The values users handle: ``JobSpec`` to describe a job, ``JobInfo`` to read one back,
+``Job`` inside a handler, and ``Retry`` to ask for another attempt."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pgq_sa.schema import JobStatus
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job to enqueue with :meth:`Queue.enqueue_many`; options left ``None`` take the task's."""
+
+    task: str
+    payload: Any = None
+    priority: int | None = None
+    delay: float | timedelta | None = None
+    run_at: datetime | None = None
+    dedupe_key: str | None = None
+    queue: str | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True)
+class JobError:
+    """What a failed attempt left behind: the exception's type, message and traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    attempt: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobError | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            traceback=data.get("traceback"),
+            attempt=data.get("attempt"),
+        )
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A snapshot of one stored job, as returned by :meth:`Queue.get`."""
+
+    id: int
+    task: str
+    queue: str
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    priority: int
+    payload: Any
+    result: Any
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    run_at: datetime
+    dedupe_key: str | None = None
+    cancel_requested: bool = False
+    scheduled_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+@dataclass
+class Job:
+    """The job a handler is running; ``cancelled`` turns True once it should stop."""
+
+    id: int
+    task: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    priority: int
+    queue: str
+    created_at: datetime
+    scheduled_at: datetime | None = None
+    _cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancel_reason: str | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation (or the timeout) was requested; sync handlers should poll it."""
+        return self._cancel_event.is_set()
+
+    def request_cancel(self, reason: str) -> None:
+        if not self._cancel_event.is_set():
+            self.cancel_reason = reason
+            self._cancel_event.set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds until cancellation is requested; True if it was."""
+        return self._cancel_event.wait(timeout)
+
+
+class Retry(Exception):
+    """Raise from a handler to ask for another attempt after ``delay`` (seconds or timedelta)."""
+
+    def __init__(self, delay: float | timedelta | None = None, reason: str | None = None) -> None:
+        from pgq_sa import validation
+
+        self.delay = None if delay is None else validation.seconds(delay, "Retry delay")
+        self.reason = reason
+        super().__init__(reason or "retry requested")

@@ -1,0 +1,341 @@
+"""The queue's tables as SQLAlchemy Core metadata, built for one PostgreSQL schema.
+
+Everything pgq_sa stores lives in a schema of its own (default ``pgq``) so that an application's
+Alembic autogenerate never sees it and two queues in one database never mix.
+
+Hot-path choice (finished jobs must not slow the claim): finished jobs stay in ``jobs`` and every
+index a worker reads is *partial* on live states, so succeeded/failed/cancelled rows are invisible
+to the claim, dedupe and rescue paths; retention deletes them in bounded batches through their own
+partial index. This keeps completion a single in-place ``UPDATE`` (no move to a history table, no
+second write) while the claim reads only queued rows. ``jobs`` is created with a lower fillfactor
+and aggressive per-table autovacuum so the frequent updates find room on the same page.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Double,
+    Enum,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    Uuid,
+    event,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+DEFAULT_SCHEMA = "pgq"
+MAX_TASK_NAME_LENGTH = 255
+MAX_QUEUE_NAME_LENGTH = 255
+MAX_DEDUPE_KEY_LENGTH = 1024
+PRIORITY_MIN = -32768
+PRIORITY_MAX = 32767
+MAX_ATTEMPTS_LIMIT = 1000
+VERSION_TABLE = "pgq_sa_version"
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
+
+
+class JobStatus(str, enum.Enum):
+    """The state of a job. ``queued -> running -> succeeded | failed | cancelled``."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+LIVE_STATES = (JobStatus.queued, JobStatus.running)
+FINISHED_STATES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+def validate_schema_name(name: object) -> str:
+    """Return ``name`` if it is usable as the queue's schema, else raise ValueError/TypeError."""
+    if not isinstance(name, str):
+        raise TypeError(f"schema must be a str, got {type(name).__name__}")
+    if not _SCHEMA_NAME.fullmatch(name) or len(name) > 63:
+        raise ValueError(
+            f"schema {name!r} is not allowed: use 1-63 lowercase letters, digits and underscores, "
+            "starting with a letter or underscore (for example 'pgq')"
+        )
+    if name.startswith("pg_") or name in _RESERVED_SCHEMAS:
+        raise ValueError(
+            f"schema {name!r} is reserved or shared; "
+            "give the queue a schema of its own (e.g. 'pgq')"
+        )
+    return name
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel on which inserts into ``schema`` announce new jobs."""
+    return f"pgq_sa.{schema}"
+
+
+@dataclass(frozen=True)
+class QueueTables:
+    """The Core tables of one queue schema; ``metadata`` holds them all."""
+
+    schema: str
+    metadata: MetaData
+    jobs: Table
+    workers: Table
+    queues: Table
+    task_limits: Table
+    schedules: Table
+
+
+def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
+    live = "state IN ('queued', 'running')"
+    return Table(
+        "jobs",
+        metadata,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("queue", Text, nullable=False, server_default="default"),
+        Column("task", Text, nullable=False),
+        Column("payload", JSONB(none_as_null=True), nullable=True),
+        Column("priority", SmallInteger, nullable=False, server_default="0"),
+        Column("state", state_enum, nullable=False, server_default="queued"),
+        Column("attempt", Integer, nullable=False, server_default="0"),
+        Column("max_attempts", Integer, nullable=False, server_default="20"),
+        Column("run_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("dedupe_key", Text, nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("started_at", DateTime(timezone=True), nullable=True),
+        Column("finished_at", DateTime(timezone=True), nullable=True),
+        Column("worker_id", Uuid, nullable=True),
+        Column("timeout", Double, nullable=True),
+        Column("cancel_requested", Boolean, nullable=False, server_default="false"),
+        Column("error", JSONB(none_as_null=True), nullable=True),
+        Column("result", JSONB(none_as_null=True), nullable=True),
+        Column("schedule", Text, nullable=True),
+        Column("scheduled_at", DateTime(timezone=True), nullable=True),
+        Column("meta", JSONB(none_as_null=True), nullable=True),
+        CheckConstraint(
+            f"char_length(task) BETWEEN 1 AND {MAX_TASK_NAME_LENGTH}", name="task_length"
+        ),
+        CheckConstraint(
+            f"char_length(queue) BETWEEN 1 AND {MAX_QUEUE_NAME_LENGTH}", name="queue_length"
+        ),
+        CheckConstraint(
+            f"max_attempts BETWEEN 1 AND {MAX_ATTEMPTS_LIMIT}", name="max_attempts_range"
+        ),
+        CheckConstraint("attempt BETWEEN 0 AND max_attempts", name="attempt_range"),
+        CheckConstraint(
+            "state <> 'running' OR (worker_id IS NOT NULL AND attempt >= 1)",
+            name="running_has_lease",
+        ),
+        CheckConstraint(
+            f"dedupe_key IS NULL OR char_length(dedupe_key) BETWEEN 1 AND {MAX_DEDUPE_KEY_LENGTH}",
+            name="dedupe_key_length",
+        ),
+        CheckConstraint("timeout IS NULL OR timeout > 0", name="timeout_positive"),
+        # The claim path: queued jobs only, in the claim's own order.
+        Index(
+            "jobs_claim_idx",
+            text("priority DESC"),
+            "run_at",
+            "id",
+            postgresql_where=text("state = 'queued'"),
+        ),
+        # A dedupe key is held only while its job is live.
+        Index(
+            "jobs_dedupe_key_idx",
+            "dedupe_key",
+            unique=True,
+            postgresql_where=text(f"dedupe_key IS NOT NULL AND {live}"),
+        ),
+        # Lease checks, heartbeats and crash rescue look up running jobs by their holder.
+        Index("jobs_running_worker_idx", "worker_id", postgresql_where=text("state = 'running'")),
+        # Each fire time of a periodic schedule becomes at most one job.
+        Index(
+            "jobs_schedule_fire_idx",
+            "schedule",
+            "scheduled_at",
+            unique=True,
+            postgresql_where=text("schedule IS NOT NULL"),
+        ),
+        # Retention prunes finished jobs oldest first.
+        Index(
+            "jobs_finished_idx",
+            "finished_at",
+            postgresql_where=text("state IN ('succeeded', 'failed', 'cancelled')"),
+        ),
+        postgresql_with={
+            "fillfactor": "80",
+            "autovacuum_vacuum_scale_factor": "0.01",
+            "autovacuum_vacuum_insert_scale_factor": "0.01",
+            "autovacuum_analyze_scale_factor": "0.02",
+        },
+    )
+
+
+def _workers_table(metadata: MetaData) -> Table:
+    return Table(
+        "workers",
+        metadata,
+        Column("id", Uuid, primary_key=True),
+        Column("name", Text, nullable=False),
+        Column("kind", Text, nullable=False),
+        Column("hostname", Text, nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("queues", ARRAY(Text), nullable=True),
+        Column("tasks", ARRAY(Text), nullable=False),
+        Column("concurrency", Integer, nullable=False),
+        Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("heartbeat_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index("workers_heartbeat_idx", "heartbeat_at"),
+    )
+
+
+def _queues_table(metadata: MetaData) -> Table:
+    return Table(
+        "queues",
+        metadata,
+        Column("name", Text, primary_key=True),
+        Column("paused", Boolean, nullable=False, server_default="false"),
+        Column("paused_at", DateTime(timezone=True), nullable=True),
+        Column("concurrency", Integer, nullable=True),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        CheckConstraint("concurrency IS NULL OR concurrency >= 1", name="queue_concurrency"),
+    )
+
+
+def _task_limits_table(metadata: MetaData) -> Table:
+    """Cluster-wide concurrency and rate limits per task, with the rate window's state."""
+    return Table(
+        "task_limits",
+        metadata,
+        Column("task", Text, primary_key=True),
+        Column("concurrency", Integer, nullable=True),
+        Column("rate_count", Integer, nullable=True),
+        Column("rate_period", Double, nullable=True),
+        Column("window_start", DateTime(timezone=True), nullable=True),
+        Column("window_used", Integer, nullable=False, server_default="0"),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        CheckConstraint("concurrency IS NULL OR concurrency >= 1", name="limit_concurrency"),
+        CheckConstraint(
+            "(rate_count IS NULL) = (rate_period IS NULL) "
+            "AND (rate_count IS NULL OR (rate_count >= 1 AND rate_period > 0))",
+            name="limit_rate",
+        ),
+    )
+
+
+def _schedules_table(metadata: MetaData) -> Table:
+    return Table(
+        "schedules",
+        metadata,
+        Column("name", Text, primary_key=True),
+        Column("task", Text, nullable=False),
+        Column("expression", Text, nullable=False),
+        Column("timezone", Text, nullable=False, server_default="UTC"),
+        Column("enabled", Boolean, nullable=False, server_default="true"),
+        Column("missed", Text, nullable=False, server_default="latest"),
+        Column("last_fire_at", DateTime(timezone=True), nullable=True),
+        Column("next_fire_at", DateTime(timezone=True), nullable=True),
+        Column("seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+def build_tables(schema: str = DEFAULT_SCHEMA) -> QueueTables:
+    """Build the Core metadata of a queue living in PostgreSQL schema ``schema``."""
+    validate_schema_name(schema)
+    metadata = MetaData(
+        schema=schema,
+        naming_convention={
+            "ck": "%(table_name)s_%(constraint_name)s_check",
+            "pk": "%(table_name)s_pkey",
+        },
+    )
+    state_enum = Enum(
+        JobStatus,
+        name="job_state",
+        schema=schema,
+        metadata=metadata,
+        values_callable=lambda states: [s.value for s in states],
+    )
+    jobs = _jobs_table(metadata, state_enum)
+    for statement in notify_trigger_ddl(schema):
+        event.listen(jobs, "after_create", DDL(statement))  # type: ignore[no-untyped-call]
+    return QueueTables(
+        schema=schema,
+        metadata=metadata,
+        jobs=jobs,
+        workers=_workers_table(metadata),
+        queues=_queues_table(metadata),
+        task_limits=_task_limits_table(metadata),
+        schedules=_schedules_table(metadata),
+    )
+
+
+def notify_trigger_ddl(schema: str) -> list[str]:
+    """DDL statements of the statement-level trigger that announces inserted jobs with one NOTIFY.
+
+    The message names the queues and tasks of the inserted queued jobs and the earliest ``run_at``
+    (so a worker can wake for a delayed job), never the payload; PostgreSQL delivers it at commit.
+    """
+    validate_schema_name(schema)
+    channel = notify_channel(schema)
+    function = f"""
+CREATE OR REPLACE FUNCTION "{schema}".notify_jobs_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    tasks text[];
+    queues text[];
+    first_run_at timestamptz;
+    message text;
+BEGIN
+    SELECT array_agg(DISTINCT task), array_agg(DISTINCT queue), min(run_at)
+      INTO tasks, queues, first_run_at
+      FROM new_jobs
+     WHERE state = 'queued';
+    IF tasks IS NULL THEN
+        RETURN NULL;
+    END IF;
+    message := json_build_object(
+        'tasks', tasks, 'queues', queues, 'run_at', extract(epoch FROM first_run_at))::text;
+    IF octet_length(message) > 7900 THEN
+        message := json_build_object(
+            'tasks', NULL, 'queues', NULL, 'run_at', extract(epoch FROM first_run_at))::text;
+    END IF;
+    PERFORM pg_notify('{channel}', message);
+    RETURN NULL;
+END
+$$"""
+    trigger = f"""
+CREATE TRIGGER jobs_notify_inserted
+    AFTER INSERT ON "{schema}".jobs
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION "{schema}".notify_jobs_inserted()"""
+    return [function, trigger]
+
+
+def drop_notify_trigger_ddl(schema: str) -> list[str]:
+    """DDL statements removing what :func:`notify_trigger_ddl` created."""
+    validate_schema_name(schema)
+    return [
+        f'DROP TRIGGER IF EXISTS jobs_notify_inserted ON "{schema}".jobs',
+        f'DROP FUNCTION IF EXISTS "{schema}".notify_jobs_inserted()',
+    ]

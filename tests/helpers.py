@@ -1,0 +1,25 @@
+"""Small helpers shared by the tests (plain functions, no fixtures)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+
+def count_jobs(engine: Engine, schema: str = "pgq", **where: Any) -> int:
+    clauses = " AND ".join(f"{column} = :{column}" for column in where) or "true"
+    with engine.connect() as connection:
+        statement = text(f'SELECT count(*) FROM "{schema}".jobs WHERE {clauses}')
+        return int(connection.execute(statement, where).scalar_one())
+
+
+def snapshot(engine: Engine, schema: str = "pgq") -> list[tuple[Any, ...]]:
+    """Every stored row of the queue's tables, to prove a refused call changed nothing."""
+    tables = ["jobs", "queues", "workers", "schedules", "task_limits"]
+    rows: list[tuple[Any, ...]] = []
+    with engine.connect() as connection:
+        for table in tables:
+            result = connection.execute(text(f'SELECT * FROM "{schema}".{table} ORDER BY 1'))
+            rows.extend((table, *row) for row in result)
+    return rows

@@ -1,0 +1,118 @@
+"""The command line against a real database: db, enqueue, jobs, queues; mistakes exit cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from pgq_sa import JobStatus, Queue
+from pgq_sa.cli import cli
+
+
+def _url(url) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def run(database_url):
+    runner = CliRunner()
+
+    def invoke(*args: str, url=database_url):
+        return runner.invoke(cli, ["--database-url", _url(url), *args], catch_exceptions=False)
+
+    return invoke
+
+
+def test_db_commands_on_an_empty_database(empty_database_url):
+    runner = CliRunner()
+    base = ["--database-url", _url(empty_database_url)]
+    result = runner.invoke(cli, [*base, "db", "current"])
+    assert result.exit_code == 0
+    assert "not installed" in result.output
+    assert runner.invoke(cli, [*base, "db", "check"]).exit_code == 1
+    result = runner.invoke(cli, [*base, "db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "pgq_sa_0001" in result.output
+    assert runner.invoke(cli, [*base, "db", "check"]).exit_code == 0
+    assert runner.invoke(cli, [*base, "db", "downgrade", "base"]).exit_code == 0
+    assert "not installed" in runner.invoke(cli, [*base, "db", "current"]).output
+
+
+def test_enqueue_show_cancel_retry(run, engine):
+    result = run("enqueue", "emails.send", '{"to": "a@example.com"}', "--priority", "3")
+    assert result.exit_code == 0, result.output
+    job_id = int(result.output.strip())
+    shown = json.loads(run("jobs", "show", str(job_id), "--json").output)
+    assert shown["payload"] == {"to": "a@example.com"}
+    assert shown["priority"] == 3
+    assert shown["status"] == "queued"
+    assert run("jobs", "cancel", str(job_id)).exit_code == 0
+    assert Queue().get(engine, job_id).status is JobStatus.cancelled
+    assert run("jobs", "cancel", str(job_id)).exit_code == 1
+    assert run("jobs", "retry", str(job_id)).exit_code == 0
+    assert Queue().get(engine, job_id).status is JobStatus.queued
+
+
+def test_pause_resume(run, engine):
+    assert run("queues", "pause", "media").exit_code == 0
+    assert run("queues", "resume", "media").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["enqueue", "t", "{not json"], "not valid JSON"),
+        (["enqueue", "", "{}"], "must not be empty"),
+        (["enqueue", "t", "[NaN]"], "valid JSON"),
+        (["enqueue", "t", "--priority", "99999"], "out of range"),
+        (["enqueue", "t", "--delay", "-5"], "0 or more"),
+        (["jobs", "show", "0"], "0"),
+        (["jobs", "show", "abc"], "abc"),
+        (["jobs", "show", "424242"], "no job with id 424242"),
+        (["--schema", "Bad-Name", "db", "current"], "schema"),
+        (["db", "downgrade", "pgq_sa_7777"], "does not know"),
+    ],
+)
+def test_user_mistakes_get_a_message_and_no_traceback(run, engine, args, message):
+    before = Queue().get(engine, 1)
+    result = run(*args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert Queue().get(engine, 1) == before
+
+
+def test_unreachable_database_is_a_message():
+    runner = CliRunner()
+    result = runner.invoke(
+        cli, ["--database-url", "postgresql://nobody@127.0.0.1:1/none", "db", "current"]
+    )
+    assert result.exit_code == 1
+    assert "cannot reach the database" in result.output
+
+
+def test_missing_schema_suggests_upgrade(empty_database_url):
+    result = CliRunner().invoke(cli, ["--database-url", _url(empty_database_url), "enqueue", "t"])
+    assert result.exit_code == 1
+    assert "pgq-sa db upgrade" in result.output
+
+
+def test_help_names_the_environment_variables():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert "PGQ_SA_DATABASE_URL" in result.output
+    assert "PGQ_SA_SCHEMA" in result.output
+
+
+def test_python_dash_m_entry_point(database_url):
+    done = subprocess.run(
+        [sys.executable, "-m", "pgq_sa", "--database-url", _url(database_url), "db", "current"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pgq_sa_0001" in done.stdout
