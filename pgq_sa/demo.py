@@ -29,14 +29,18 @@ def run_demo(engine: Engine, schema: str, jobs: int) -> None:
     with Session(engine) as session:
         dropped = queue.enqueue(session, "emails.send", {"to": "nobody@example.com"})
         session.rollback()
-    click.echo(f"job {kept} committed with its transaction; job {dropped} rolled back: "
-               f"{'gone' if queue.get(engine, dropped) is None else 'STILL THERE'}")
+    click.echo(
+        f"job {kept} committed with its transaction; job {dropped} rolled back: "
+        f"{'gone' if queue.get(engine, dropped) is None else 'STILL THERE'}"
+    )
 
     started = time.perf_counter()
     ids = queue.enqueue_many(engine, [JobSpec("reports.build", {"n": n}) for n in range(jobs)])
     elapsed = time.perf_counter() - started
-    click.echo(f"enqueue_many: {len(ids)} jobs in one statement, {elapsed * 1000:.0f} ms "
-               f"({len(ids) / elapsed:,.0f} jobs/s)")
+    click.echo(
+        f"enqueue_many: {len(ids)} jobs in one statement, {elapsed * 1000:.0f} ms "
+        f"({len(ids) / elapsed:,.0f} jobs/s)"
+    )
 
     first = queue.enqueue(engine, "accounts.sync", {"id": 7}, dedupe_key="account-7")
     second = queue.enqueue(engine, "accounts.sync", {"id": 7}, dedupe_key="account-7")

@@ -8,6 +8,7 @@ a database gets its own, cloned from a template migrated once per run.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -35,7 +36,8 @@ def server_url() -> Iterator[URL]:
     try:
         yield sync_url(server.url)
     finally:
-        devdb.stop(folder / "data")
+        server.handle.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
