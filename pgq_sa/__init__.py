@@ -9,8 +9,10 @@ from pgq_sa.job import Job, JobError, JobInfo, JobSpec, Retry
 from pgq_sa.queue import Queue
 from pgq_sa.schema import JobStatus
 from pgq_sa.tasks import RateLimit
+from pgq_sa.workers import AsyncWorker, ThreadWorker
 
 __all__ = [
+    "AsyncWorker",
     "Job",
     "JobError",
     "JobInfo",
@@ -19,5 +21,6 @@ __all__ = [
     "Queue",
     "RateLimit",
     "Retry",
+    "ThreadWorker",
 ]
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,6 +91,7 @@ class Job:
     created_at: datetime
     scheduled_at: datetime | None = None
     _cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancel_callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
     cancel_reason: str | None = field(default=None, repr=False)
 
     @property
@@ -98,9 +100,19 @@ class Job:
         return self._cancel_event.is_set()
 
     def request_cancel(self, reason: str) -> None:
-        if not self._cancel_event.is_set():
-            self.cancel_reason = reason
-            self._cancel_event.set()
+        """Ask the handler to stop (``reason``: "cancel", "timeout" or "shutdown"); idempotent."""
+        if self._cancel_event.is_set():
+            return
+        self.cancel_reason = reason
+        self._cancel_event.set()
+        for callback in self._cancel_callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (from whichever thread cancels) once cancellation is requested."""
+        self._cancel_callbacks.append(callback)
+        if self._cancel_event.is_set():
+            callback()
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Block up to ``timeout`` seconds until cancellation is requested; True if it was."""

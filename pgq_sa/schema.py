@@ -88,8 +88,13 @@ def validate_schema_name(name: object) -> str:
 
 
 def notify_channel(schema: str) -> str:
-    """The LISTEN/NOTIFY channel on which inserts into ``schema`` announce new jobs."""
+    """The LISTEN/NOTIFY channel on which ``schema`` announces claimable jobs and cancellations."""
     return f"pgq_sa.{schema}"
+
+
+def finished_channel(schema: str) -> str:
+    """The channel on which ``schema`` announces finished jobs, for ``Queue.wait``."""
+    return f"pgq_sa.{schema}.finished"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by, insert
 from sqlalchemy.sql.expression import ColumnElement, Executable
 
-from pgq_sa.schema import QueueTables, notify_channel
+from pgq_sa.schema import QueueTables, finished_channel, notify_channel
 
 LIVE_PREDICATE = "dedupe_key IS NOT NULL AND state IN ('queued', 'running')"
 
@@ -92,6 +92,14 @@ class Statements:
     retry_finished: Executable
     set_paused: Executable
     list_queues: Executable
+    register_worker: Executable
+    heartbeat: Executable
+    deregister_worker: Executable
+    claim: Executable
+    claim_in_queues: Executable
+    finish: Executable
+    hand_back: Executable
+    finished_states: Executable
 
     @classmethod
     def build(cls, tables: QueueTables) -> Statements:
@@ -105,6 +113,14 @@ class Statements:
             retry_finished=_retry_finished(tables),
             set_paused=_set_paused(tables),
             list_queues=_list_queues(tables),
+            register_worker=_register_worker(tables),
+            heartbeat=_heartbeat(tables),
+            deregister_worker=_deregister_worker(tables),
+            claim=_claim(tables, in_queues=False),
+            claim_in_queues=_claim(tables, in_queues=True),
+            finish=_finish(tables),
+            hand_back=_hand_back(tables),
+            finished_states=_finished_states(tables),
         )
 
 
@@ -288,3 +304,198 @@ def _set_paused(tables: QueueTables) -> Executable:
 def _list_queues(tables: QueueTables) -> Executable:
     queues = tables.queues
     return select(queues.c.name, queues.c.paused, queues.c.paused_at).order_by(queues.c.name)
+
+
+# --- workers -----------------------------------------------------------------------------------
+
+
+def _register_worker(tables: QueueTables) -> Executable:
+    workers = tables.workers
+    statement = insert(workers).values(
+        id=bindparam("worker_id", type_=workers.c.id.type),
+        name=bindparam("name"),
+        kind=bindparam("kind"),
+        hostname=bindparam("hostname"),
+        pid=bindparam("pid"),
+        queues=bindparam("queues", type_=ARRAY(Text)),
+        tasks=bindparam("tasks", type_=ARRAY(Text)),
+        concurrency=bindparam("concurrency"),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[workers.c.id], set_={"heartbeat_at": func.now()}
+    )
+
+
+def _heartbeat(tables: QueueTables) -> Executable:
+    """One statement per worker per interval: refresh the worker's row, and report which of its
+    running jobs were asked to stop (the polling side of cancellation)."""
+    s = tables.schema
+    return (
+        text(
+            f"""
+WITH beat AS (
+    UPDATE "{s}".workers SET heartbeat_at = now() WHERE id = :worker_id RETURNING id
+)
+SELECT (SELECT count(*) FROM beat) AS alive,
+       array(SELECT id FROM "{s}".jobs
+              WHERE state = 'running' AND worker_id = :worker_id AND cancel_requested) AS cancel
+"""
+        )
+        .bindparams(bindparam("worker_id", type_=tables.workers.c.id.type))
+        .columns(column("alive", BigInteger), column("cancel", ARRAY(BigInteger)))
+    )
+
+
+def _deregister_worker(tables: QueueTables) -> Executable:
+    workers = tables.workers
+    return workers.delete().where(workers.c.id == bindparam("worker_id", type_=workers.c.id.type))
+
+
+def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
+    """Lease up to ``limit`` due, queued jobs of the worker's tasks (and queues), highest priority
+    first, skipping rows other claimers hold and queues that are paused."""
+    jobs, queues = tables.jobs, tables.queues
+    conditions = [
+        jobs.c.state == "queued",
+        jobs.c.run_at <= func.now(),
+        jobs.c.task == func.any(bindparam("tasks", type_=ARRAY(Text))),
+        jobs.c.queue.not_in(select(queues.c.name).where(queues.c.paused)),
+    ]
+    if in_queues:
+        conditions.append(jobs.c.queue == func.any(bindparam("queues", type_=ARRAY(Text))))
+    picked = (
+        select(jobs.c.id)
+        .where(*conditions)
+        .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+        .cte("picked")
+    )
+    return (
+        update(jobs)
+        .where(jobs.c.id == picked.c.id)
+        .values(
+            state="running",
+            attempt=jobs.c.attempt + 1,
+            worker_id=bindparam("worker_id", type_=jobs.c.worker_id.type),
+            started_at=func.now(),
+        )
+        .returning(
+            jobs.c.id,
+            jobs.c.task,
+            jobs.c.payload,
+            jobs.c.attempt,
+            jobs.c.max_attempts,
+            jobs.c.priority,
+            jobs.c.queue,
+            jobs.c.created_at,
+            jobs.c.timeout,
+            jobs.c.scheduled_at,
+            jobs.c.cancel_requested,
+        )
+    )
+
+
+def _finish(tables: QueueTables) -> Executable:
+    """Record many outcomes at once: succeeded, failed, or queued again for a retry.
+
+    Every row is guarded by its lease (job id + this worker + the attempt it claimed, still
+    running): an outcome whose lease was lost matches nothing and is left out of the result. A
+    retry of a job whose cancellation was requested ends ``cancelled`` instead. Finished ids are
+    announced with one NOTIFY so ``Queue.wait`` wakes.
+    """
+    s = tables.schema
+    channel = finished_channel(s)
+    return (
+        text(
+            f"""
+WITH v AS (
+    SELECT t.id::bigint AS id, t.attempt::integer AS attempt, t.outcome,
+           t.delay::double precision AS delay,
+           nullif(t.result, 'null'::jsonb) AS result, nullif(t.error, 'null'::jsonb) AS error
+      FROM ROWS FROM (
+             json_array_elements_text(CAST(:ids AS json)),
+             json_array_elements_text(CAST(:attempts AS json)),
+             json_array_elements_text(CAST(:outcomes AS json)),
+             json_array_elements_text(CAST(:delays AS json)),
+             jsonb_array_elements(CAST(:results AS jsonb)),
+             jsonb_array_elements(CAST(:errors AS jsonb))
+           ) AS t(id, attempt, outcome, delay, result, error)
+),
+done AS (
+    UPDATE "{s}".jobs AS j
+       SET state = (CASE WHEN v.outcome = 'queued' AND j.cancel_requested THEN 'cancelled'
+                         ELSE v.outcome END)::"{s}".job_state,
+           run_at = CASE WHEN v.outcome = 'queued'
+                         THEN now() + coalesce(v.delay, 0) * interval '1 second'
+                         ELSE j.run_at END,
+           finished_at = CASE WHEN v.outcome = 'queued' AND NOT j.cancel_requested
+                              THEN NULL ELSE now() END,
+           worker_id = CASE WHEN v.outcome = 'queued' AND NOT j.cancel_requested
+                            THEN NULL ELSE j.worker_id END,
+           result = v.result,
+           error = coalesce(v.error, j.error)
+      FROM v
+     WHERE j.id = v.id AND j.worker_id = :worker_id AND j.attempt = v.attempt
+       AND j.state = 'running'
+    RETURNING j.id, j.state, j.run_at
+),
+notified AS (
+    SELECT pg_notify('{channel}',
+                     CASE WHEN octet_length(m.message) <= 7900 THEN m.message
+                          ELSE '{{"ids": null}}' END)
+      FROM (SELECT json_build_object('ids', json_agg(id))::text AS message
+              FROM done WHERE state <> 'queued' HAVING count(*) > 0) AS m
+)
+SELECT done.id, done.state::text AS state, done.run_at,
+       (SELECT count(*) FROM notified) AS notices
+  FROM done
+"""
+        )
+        .bindparams(
+            bindparam("worker_id", type_=tables.jobs.c.worker_id.type),
+            *(
+                bindparam(name, type_=Text)
+                for name in ("ids", "attempts", "outcomes", "delays", "results", "errors")
+            ),
+        )
+        .columns(
+            column("id", BigInteger),
+            column("state", Text),
+            column("run_at", DateTime(timezone=True)),
+            column("notices", BigInteger),
+        )
+    )
+
+
+def _hand_back(tables: QueueTables) -> Executable:
+    """Give every job this worker still holds back to the queue, its attempt not counted, and
+    wake the other workers (used at shutdown for what did not finish in the grace period)."""
+    s = tables.schema
+    channel = notify_channel(s)
+    return (
+        text(
+            f"""
+WITH back AS (
+    UPDATE "{s}".jobs
+       SET state = 'queued', worker_id = NULL, started_at = NULL,
+           attempt = greatest(attempt - 1, 0), run_at = now()
+     WHERE state = 'running' AND worker_id = :worker_id
+    RETURNING id, task
+)
+SELECT count(*) AS handed_back,
+       pg_notify('{channel}', json_build_object('reason', 'handback',
+                                                'tasks', json_agg(DISTINCT task))::text)
+  FROM back HAVING count(*) > 0
+"""
+        )
+        .bindparams(bindparam("worker_id", type_=tables.jobs.c.worker_id.type))
+        .columns(column("handed_back", BigInteger))
+    )
+
+
+def _finished_states(tables: QueueTables) -> Executable:
+    jobs = tables.jobs
+    return select(jobs.c.id, jobs.c.state).where(
+        jobs.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
+    )

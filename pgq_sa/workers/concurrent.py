@@ -1,0 +1,478 @@
+"""``AsyncWorker``: a worker for async services, an anyio task group on asyncio or trio.
+
+The same pieces as the thread worker, as tasks: a fetcher claiming up to the free concurrency, one
+task per job (``async def`` handlers awaited and really cancelled on timeout or cancellation;
+``def`` handlers in worker threads), a completer batching outcomes, a heartbeater and a listener.
+On asyncio the database is an AsyncEngine (asyncpg by default); on trio, or given a sync Engine,
+a sync engine runs in worker threads. Statements and decisions are the thread worker's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import anyio.to_thread
+import psycopg
+import sniffio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from pgq_sa import decisions
+from pgq_sa.config import make_async_engine, make_engine
+from pgq_sa.decisions import Outcome
+from pgq_sa.executors import Operation
+from pgq_sa.job import Job
+from pgq_sa.queue import Queue
+from pgq_sa.schema import notify_channel
+from pgq_sa.workers import protocol
+from pgq_sa.workers.database import AsyncDatabase, AsyncioDatabase, ThreadedDatabase
+from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
+from pgq_sa.workers.notifications import ListenConnection
+from pgq_sa.workers.options import worker_options
+from pgq_sa.workers.protocol import Claimed, Identity
+from pgq_sa.workers.threaded import _MAX_FINISH_BATCH, _RECONNECT_DELAYS, _brief
+
+log = logging.getLogger("pgq_sa.worker")
+
+T = TypeVar("T")
+
+
+class _Wakeup:
+    """A resettable event for one event loop."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+
+
+class AsyncWorker:
+    """Run the queue's jobs with up to ``concurrency`` at once, inside the caller's event loop."""
+
+    kind = "async"
+
+    def __init__(
+        self,
+        queue: Queue,
+        bind: AsyncEngine | Engine | str | URL,
+        *,
+        concurrency: int = 100,
+        batch_size: int | None = None,
+        queues: Iterable[str] | None = None,
+        heartbeat_interval: float = 5.0,
+        lease_timeout: float = 30.0,
+        poll_interval: float = 1.0,
+        shutdown_timeout: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        self.options = worker_options(
+            queue,
+            capacity=concurrency,
+            capacity_name="concurrency",
+            batch_size=batch_size,
+            queues=queues,
+            heartbeat_interval=heartbeat_interval,
+            lease_timeout=lease_timeout,
+            poll_interval=poll_interval,
+            shutdown_timeout=shutdown_timeout,
+        )
+        if not isinstance(bind, (AsyncEngine, Engine, str, URL)):
+            raise TypeError(
+                "bind must be a database URL, an AsyncEngine or a sync Engine, got "
+                + type(bind).__name__
+            )
+        self.queue = queue
+        self._bind = bind
+        self.identity = Identity.new(self.kind, name)
+        self.processed = 0
+        self._stop_requested = threading.Event()
+        self._token: Any = None
+        self._loop_thread: int | None = None
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.identity.id
+
+    def stop(self) -> None:
+        """Stop claiming and let running jobs finish; safe from any thread."""
+        self._stop_requested.set()
+        token = self._token
+        if token is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._begin_stop()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop already finished
+                anyio.from_thread.run_sync(self._begin_stop, token=token)
+
+    def _begin_stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+
+    # --- running -------------------------------------------------------------------------------
+
+    def _database(self, backend: str) -> tuple[AsyncDatabase, Callable[[], Awaitable[None]]]:
+        bind = self._bind
+        if isinstance(bind, AsyncEngine):
+            if backend != "asyncio":
+                raise RuntimeError(
+                    "an AsyncEngine runs on asyncio only; on trio pass a URL or a sync Engine"
+                )
+            return AsyncioDatabase(bind), _nothing
+        if isinstance(bind, Engine):
+            return ThreadedDatabase(bind), _nothing
+        if backend == "asyncio":
+            engine = make_async_engine(bind)
+            return AsyncioDatabase(engine), engine.dispose
+        sync = make_engine(bind)
+
+        async def dispose() -> None:
+            sync.dispose()
+
+        return ThreadedDatabase(sync), dispose
+
+    async def run(self, *, until_empty: bool = False) -> None:
+        """Work until stopped; with ``until_empty`` return once nothing due is left."""
+        backend = sniffio.current_async_library()
+        self._db, dispose = self._database(backend)
+        self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
+        self._stopping = False
+        self._closing = anyio.Event()
+        self._wake = _Wakeup()
+        self._slot_freed = _Wakeup()
+        self._busy = 0
+        self._unwritten = 0
+        self._writes = 0
+        self._running: dict[int, Job] = {}
+        self._thread_limiter = anyio.CapacityLimiter(self.options.capacity)
+        send, receive = anyio.create_memory_object_stream[Outcome | None](math.inf)
+        self._outcomes = send
+        self._completer_done = anyio.Event()
+        self._force = False
+        if self._stop_requested.is_set():
+            self._stopping = True
+        options, statements = self.options, self.queue.statements
+        try:
+            registered = await self._call(
+                "register",
+                lambda: protocol.register(
+                    statements,
+                    self.identity,
+                    options.task_names,
+                    options.queues,
+                    options.capacity,
+                ),
+            )
+            if registered is None:
+                return
+            log.info(
+                "worker %s started on %s: concurrency %d, tasks %s",
+                self.identity.name,
+                backend,
+                options.capacity,
+                ", ".join(options.task_names),
+            )
+            async with anyio.create_task_group() as services:
+                self._services = services
+                services.start_soon(self._complete, receive)
+                services.start_soon(self._heartbeat)
+                services.start_soon(self._listen)
+                if threading.current_thread() is threading.main_thread():
+                    services.start_soon(self._watch_signals)
+                async with anyio.create_task_group() as handlers:
+                    self._handlers = handlers
+                    try:
+                        await self._fetch(until_empty)
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            await self._drain()
+                with anyio.CancelScope(shield=True):
+                    await self._outcomes.send(None)
+                    await self._completer_done.wait()
+                    self._closing.set()
+                    handed_back = await self._call_once(
+                        lambda: protocol.hand_back(statements, self.identity.id)
+                    )
+                    if handed_back:
+                        log.info("handed %d unfinished jobs back to the queue", handed_back)
+                    await self._call_once(lambda: protocol.deregister(statements, self.identity.id))
+                services.cancel_scope.cancel()
+            log.info("worker %s stopped", self.identity.name)
+        finally:
+            self._token = None
+            with anyio.CancelScope(shield=True):
+                await dispose()
+
+    async def _call(self, what: str, operation: Callable[[], Operation[T]]) -> T | None:
+        for attempt in range(10**9):
+            try:
+                return await self._db.run(operation())
+            except (DBAPIError, psycopg.Error, OSError) as error:
+                delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
+                log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
+                with anyio.move_on_after(delay):
+                    await self._closing.wait()
+                if self._closing.is_set():
+                    return None
+        return None  # pragma: no cover
+
+    async def _call_once(self, operation: Callable[[], Operation[T]]) -> T | None:
+        try:
+            return await self._db.run(operation())
+        except (DBAPIError, psycopg.Error, OSError) as error:
+            log.warning("at shutdown: %s (rescue will recover any held jobs)", _brief(error))
+            return None
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self._stopping:
+                    log.warning("second %s: stopping now", signal.Signals(signum).name)
+                    self._force = True
+                    self._handlers.cancel_scope.cancel()
+                else:
+                    log.info(
+                        "%s: finishing running jobs, then stopping", signal.Signals(signum).name
+                    )
+                self._begin_stop()
+
+    # --- fetcher -------------------------------------------------------------------------------
+
+    async def _fetch(self, until_empty: bool) -> None:
+        options, statements = self.options, self.queue.statements
+        while not self._stopping:
+            while self._busy >= options.capacity and not self._stopping:
+                self._slot_freed.clear()
+                await self._slot_freed.wait(options.poll_interval)
+            if self._stopping:
+                return
+            limit = min(options.capacity - self._busy, options.batch_size)
+            writes_before = self._writes
+            self._wake.clear()
+            claimed = await self._call(
+                "claim",
+                partial(
+                    protocol.claim,
+                    statements,
+                    self.identity.id,
+                    options.task_names,
+                    options.queues,
+                    limit,
+                ),
+            )
+            if claimed is None:
+                continue
+            if claimed:
+                self._busy += len(claimed)
+                self._unwritten += len(claimed)
+                for item in claimed:
+                    self._running[item.job.id] = item.job
+                    self._handlers.start_soon(self._handle, item)
+                if len(claimed) == limit:
+                    continue
+            elif until_empty and self._busy == self._unwritten == 0 == self._writes - writes_before:
+                log.info("no due job left: stopping (until_empty)")
+                return
+            await self._wake.wait(options.poll_interval)
+
+    async def _drain(self) -> None:
+        """Give running jobs ``shutdown_timeout`` to finish, then cancel what is left."""
+        self._stopping = True
+        with anyio.move_on_after(self.options.shutdown_timeout):
+            while self._busy > 0 and not self._force:
+                self._slot_freed.clear()
+                await self._slot_freed.wait(0.05)
+        for job in list(self._running.values()):
+            job.request_cancel("shutdown")
+        self._handlers.cancel_scope.cancel()
+
+    # --- handlers ------------------------------------------------------------------------------
+
+    async def _handle(self, item: Claimed) -> None:
+        job = item.job
+        outcome: Outcome | None = None
+        try:
+            if self._stopping:
+                return
+            definition = self.options.tasks[job.task]
+            timeout = item.timeout or definition.timeout
+            if item.cancel_requested:
+                job.request_cancel("cancel")
+            if definition.is_async:
+                outcome = await run_async_handler(definition, job, timeout)
+            else:
+                outcome = await self._run_in_thread(definition, job, timeout)
+        except anyio.get_cancelled_exc_class():
+            job.request_cancel("shutdown")
+            raise
+        except Exception as error:  # never lose a job to a worker bug
+            log.exception("job %s: the worker failed around its handler", job.id)
+            outcome = decisions.errored(job.id, job.attempt, job.max_attempts, error)
+        finally:
+            self._running.pop(job.id, None)
+            self._busy -= 1
+            self._slot_freed.set()
+            if outcome is None or job.cancel_reason == "shutdown":
+                self._unwritten -= 1
+            else:
+                self._outcomes.send_nowait(outcome)
+
+    async def _run_in_thread(self, definition: Any, job: Job, timeout: float | None) -> Outcome:
+        async with anyio.create_task_group() as deadline:
+            if timeout:
+
+                async def expire() -> None:
+                    await anyio.sleep(timeout)
+                    job.request_cancel("timeout")
+
+                deadline.start_soon(expire)
+            outcome = await anyio.to_thread.run_sync(
+                run_sync_handler,
+                definition,
+                job,
+                timeout,
+                limiter=self._thread_limiter,
+                abandon_on_cancel=True,
+            )
+            deadline.cancel_scope.cancel()
+        return outcome
+
+    # --- completer -----------------------------------------------------------------------------
+
+    async def _complete(self, receive: MemoryObjectReceiveStream[Outcome | None]) -> None:
+        statements = self.queue.statements
+        try:
+            async with receive:
+                closing = False
+                while not closing:
+                    first = await receive.receive()
+                    if first is None:
+                        return
+                    batch = [first]
+                    while len(batch) < _MAX_FINISH_BATCH:
+                        try:
+                            item = receive.receive_nowait()
+                        except anyio.WouldBlock:
+                            break
+                        if item is None:
+                            closing = True
+                            break
+                        batch.append(item)
+                    finished = await self._call(
+                        "finish", partial(protocol.finish, statements, self.identity.id, batch)
+                    )
+                    self._unwritten -= len(batch)
+                    self._writes += 1
+                    self.processed += len(batch)
+                    self._slot_freed.set()
+                    if finished is not None and finished.next_run_at is not None:
+                        self._wake_at(finished.next_run_at.timestamp())
+        finally:
+            self._completer_done.set()
+
+    def _wake_at(self, when: float) -> None:
+        delay = when - time.time()
+        if delay <= 0.001:
+            self._wake.set()
+            return
+
+        async def later() -> None:
+            await anyio.sleep(delay)
+            self._wake.set()
+
+        self._services.start_soon(later)
+
+    # --- heartbeat and listener ----------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        statements, options = self.queue.statements, self.options
+        while True:
+            await anyio.sleep(options.heartbeat_interval)
+            beat = await self._call(
+                "heartbeat", lambda: protocol.heartbeat(statements, self.identity.id)
+            )
+            if beat is None:
+                return
+            if not beat.alive:
+                log.warning("worker %s: its row was gone; registering again", self.identity.name)
+                await self._call(
+                    "register",
+                    lambda: protocol.register(
+                        statements,
+                        self.identity,
+                        options.task_names,
+                        options.queues,
+                        options.capacity,
+                    ),
+                )
+            self._cancel(beat.cancel)
+
+    def _cancel(self, job_ids: Iterable[int]) -> None:
+        for job_id in job_ids:
+            job = self._running.get(job_id)
+            if job is not None:
+                log.info("job %s: cancellation requested", job.id)
+                job.request_cancel("cancel")
+
+    async def _listen(self) -> None:
+        url = self._db.url
+        connection = ListenConnection(url, [notify_channel(self.queue.schema)])
+        task_names = self.options.task_names
+        failures = 0
+        try:
+            while not self._closing.is_set():
+                try:
+                    if not connection.connected:
+                        await anyio.to_thread.run_sync(connection.connect)
+                        if failures:
+                            log.info("listener reconnected")
+                        failures = 0
+                        self._wake.set()
+                    for message in await connection.wait_async(1.0):
+                        if message.reason == "cancel" and message.job_id is not None:
+                            self._cancel([message.job_id])
+                        elif message.concerns(task_names):
+                            if message.run_at is not None:
+                                self._wake_at(message.run_at)
+                            else:
+                                self._wake.set()
+                except (psycopg.Error, OSError) as error:
+                    connection.close()
+                    delay = _RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)]
+                    failures += 1
+                    log.warning(
+                        "listener lost its connection (%s); retrying in %.2fs", _brief(error), delay
+                    )
+                    await anyio.sleep(delay)
+        finally:
+            connection.close()
+
+
+async def _nothing() -> None:
+    return None

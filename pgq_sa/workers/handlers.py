@@ -1,0 +1,80 @@
+"""Running one handler and turning what happened into an :class:`~pgq_sa.decisions.Outcome`.
+
+Shared by both workers: ``run_sync_handler`` runs a ``def`` handler on the calling thread;
+``run_async_handler`` runs an ``async def`` handler on the current event loop inside a cancel
+scope, so a timeout or a cancellation really stops it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+
+from pgq_sa import decisions
+from pgq_sa.decisions import JobCancelled, JobTimeout, Outcome
+from pgq_sa.job import Job
+from pgq_sa.tasks import TaskDefinition
+
+
+def _interrupted(job: Job, timeout: float | None) -> Outcome:
+    if job.cancel_reason == "timeout":
+        error: BaseException = JobTimeout(f"timeout: the job ran longer than {timeout:g}s")
+        return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+    return decisions.errored(
+        job.id,
+        job.attempt,
+        job.max_attempts,
+        JobCancelled("cancelled while running"),
+        cancelled=True,
+    )
+
+
+def run_sync_handler(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+    """Call a ``def`` handler; it sees a timeout or cancellation through ``job.cancelled``."""
+    started = time.monotonic()
+    try:
+        value: Any = definition.handler(job)
+    except Exception as error:  # the handler's failure is the job's, not the worker's
+        if job.cancelled and job.cancel_reason != "timeout":
+            return _interrupted(job, timeout)
+        if job.cancel_reason == "timeout" or (timeout and time.monotonic() - started > timeout):
+            job.request_cancel("timeout")
+            return _interrupted(job, timeout)
+        return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+    if job.cancelled:
+        return _interrupted(job, timeout)
+    if timeout is not None and time.monotonic() - started > timeout:
+        job.request_cancel("timeout")
+        return _interrupted(job, timeout)
+    return decisions.succeeded(job.id, job.attempt, value)
+
+
+async def run_async_handler(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+    """Await an ``async def`` handler; a timeout or cancellation cancels it for real."""
+    scope = anyio.CancelScope()
+    if timeout is not None:
+        scope.deadline = anyio.current_time() + timeout
+    token = anyio.lowlevel.current_token()
+
+    def cancel_from_anywhere() -> None:
+        try:
+            anyio.from_thread.run_sync(scope.cancel, token=token)
+        except RuntimeError:  # already on the event loop's thread
+            scope.cancel()
+
+    job.on_cancel(cancel_from_anywhere)
+    value: Any = None
+    try:
+        with scope:
+            value = await definition.handler(job)
+    except Exception as error:
+        if job.cancelled:
+            return _interrupted(job, timeout)
+        return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+    if scope.cancelled_caught or job.cancelled:
+        if not job.cancelled:
+            job.request_cancel("timeout")
+        return _interrupted(job, timeout)
+    return decisions.succeeded(job.id, job.attempt, value)

@@ -1,0 +1,158 @@
+"""The worker's conversation with the database, written once for both workers.
+
+Each function is an operation generator (see :mod:`pgq_sa.executors`): it yields one statement of
+:mod:`pgq_sa.statements` and turns the rows into plain values. The thread worker drives them with
+``run_sync``, the async worker with ``run_async``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pgq_sa.decisions import Outcome, finish_parameters
+from pgq_sa.executors import Operation
+from pgq_sa.job import Job
+from pgq_sa.statements import Statements
+
+log = logging.getLogger("pgq_sa.worker")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a worker is, as recorded in the workers table."""
+
+    id: uuid.UUID
+    name: str
+    kind: str
+    hostname: str
+    pid: int
+
+    @classmethod
+    def new(cls, kind: str, name: str | None = None) -> Identity:
+        worker_id = uuid.uuid4()
+        hostname = socket.gethostname()
+        pid = os.getpid()
+        return cls(worker_id, name or f"{hostname}:{pid}:{kind}", kind, hostname, pid)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat learned: whether the worker's row still exists, and jobs to stop."""
+
+    alive: bool
+    cancel: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What the finish statement recorded, and which outcomes lost their lease."""
+
+    recorded: dict[int, str]
+    lost: tuple[Outcome, ...]
+    next_run_at: datetime | None
+
+
+def register(
+    statements: Statements,
+    identity: Identity,
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    concurrency: int,
+) -> Operation[bool]:
+    yield (
+        statements.register_worker,
+        {
+            "worker_id": identity.id,
+            "name": identity.name,
+            "kind": identity.kind,
+            "hostname": identity.hostname,
+            "pid": identity.pid,
+            "queues": list(queues) if queues is not None else None,
+            "tasks": list(tasks),
+            "concurrency": concurrency,
+        },
+    )
+    return True
+
+
+def deregister(statements: Statements, worker_id: uuid.UUID) -> Operation[None]:
+    yield statements.deregister_worker, {"worker_id": worker_id}
+
+
+def heartbeat(statements: Statements, worker_id: uuid.UUID) -> Operation[Heartbeat]:
+    (row,) = yield statements.heartbeat, {"worker_id": worker_id}
+    return Heartbeat(alive=bool(row.alive), cancel=tuple(row.cancel or ()))
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A leased job with what the worker needs beside the handler's view of it."""
+
+    job: Job
+    timeout: float | None
+    cancel_requested: bool
+
+
+def claim(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+) -> Operation[list[Claimed]]:
+    """Lease up to ``limit`` jobs; they come back as handler-ready ``Job`` objects."""
+    params: dict[str, Any] = {"worker_id": worker_id, "tasks": list(tasks), "limit": limit}
+    if queues is None:
+        rows = yield statements.claim, params
+    else:
+        rows = yield statements.claim_in_queues, {**params, "queues": list(queues)}
+    return [
+        Claimed(
+            Job(
+                id=row.id,
+                task=row.task,
+                payload=row.payload,
+                attempt=row.attempt,
+                max_attempts=row.max_attempts,
+                priority=row.priority,
+                queue=row.queue,
+                created_at=row.created_at,
+                scheduled_at=row.scheduled_at,
+            ),
+            timeout=row.timeout,
+            cancel_requested=row.cancel_requested,
+        )
+        for row in rows
+    ]
+
+
+def finish(
+    statements: Statements, worker_id: uuid.UUID, outcomes: Sequence[Outcome]
+) -> Operation[Finished]:
+    """Write many outcomes in one statement; report those whose lease was lost."""
+    params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(list(outcomes))}
+    rows = yield statements.finish, params
+    recorded = {row.id: row.state for row in rows}
+    lost = tuple(o for o in outcomes if o.job_id not in recorded)
+    for outcome in lost:
+        log.warning(
+            "job %s attempt %s: lease lost (the job was rescued or handed back); "
+            "its %s outcome was not recorded",
+            outcome.job_id,
+            outcome.attempt,
+            outcome.state,
+        )
+    retry_times = [row.run_at for row in rows if row.state == "queued"]
+    return Finished(recorded, lost, min(retry_times) if retry_times else None)
+
+
+def hand_back(statements: Statements, worker_id: uuid.UUID) -> Operation[int]:
+    rows = yield statements.hand_back, {"worker_id": worker_id}
+    return int(rows[0].handed_back) if rows else 0

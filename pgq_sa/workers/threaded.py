@@ -1,0 +1,434 @@
+"""``ThreadWorker``: a blocking worker for sync programs, built from plain threads.
+
+The calling thread fetches (claims up to the free handler slots, then waits for a NOTIFY or the
+poll interval); ``threads`` handler threads run jobs; a completer writes finished outcomes in
+batches; a heartbeater keeps the worker's row fresh and learns about cancellations; a listener
+turns NOTIFY into wake-ups. ``async def`` handlers run on one event loop thread of the worker's
+own. Every statement is one of :mod:`pgq_sa.statements`, driven through :mod:`.protocol`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue as queues_module
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from typing import Any, TypeVar
+
+import psycopg
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from pgq_sa.config import make_engine
+from pgq_sa.decisions import Outcome
+from pgq_sa.executors import Operation
+from pgq_sa.job import Job
+from pgq_sa.queue import Queue
+from pgq_sa.schema import notify_channel
+from pgq_sa.workers import protocol
+from pgq_sa.workers.database import SyncDatabase
+from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
+from pgq_sa.workers.notifications import ListenConnection
+from pgq_sa.workers.options import worker_options
+from pgq_sa.workers.protocol import Claimed, Identity
+from pgq_sa.workers.timers import TimerThread
+
+log = logging.getLogger("pgq_sa.worker")
+
+T = TypeVar("T")
+
+_MAX_FINISH_BATCH = 1000
+_RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+def sync_engine(bind: Engine | str | URL) -> tuple[Engine, bool]:
+    """The engine to use, and whether the worker owns (and so disposes) it."""
+    if isinstance(bind, Engine):
+        return bind, False
+    if isinstance(bind, (str, URL)):
+        return make_engine(bind), True
+    raise TypeError(f"bind must be a sync Engine or a database URL, got {type(bind).__name__}")
+
+
+class ThreadWorker:
+    """Run the queue's jobs on ``threads`` threads until stopped (SIGINT/SIGTERM or ``stop()``)."""
+
+    kind = "threads"
+
+    def __init__(
+        self,
+        queue: Queue,
+        bind: Engine | str | URL,
+        *,
+        threads: int = 8,
+        batch_size: int | None = None,
+        queues: Iterable[str] | None = None,
+        heartbeat_interval: float = 5.0,
+        lease_timeout: float = 30.0,
+        poll_interval: float = 1.0,
+        shutdown_timeout: float = 30.0,
+        name: str | None = None,
+    ) -> None:
+        self.options = worker_options(
+            queue,
+            capacity=threads,
+            capacity_name="threads",
+            batch_size=batch_size,
+            queues=queues,
+            heartbeat_interval=heartbeat_interval,
+            lease_timeout=lease_timeout,
+            poll_interval=poll_interval,
+            shutdown_timeout=shutdown_timeout,
+        )
+        self.queue = queue
+        self._engine, self._owns_engine = sync_engine(bind)
+        self.identity = Identity.new(self.kind, name)
+        self._stopping = threading.Event()
+        self._force = threading.Event()
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Condition()
+        self._busy = 0
+        self._unwritten = 0
+        self._writes = 0
+        self._running: dict[int, Job] = {}
+        self._work: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
+        self._outcomes: queues_module.SimpleQueue[Outcome | None] = queues_module.SimpleQueue()
+        self._portal: BlockingPortal | None = None
+        self._timers = TimerThread()
+        self._db = SyncDatabase(self._engine)
+        self.processed = 0
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.identity.id
+
+    def stop(self) -> None:
+        """Stop claiming, let running jobs finish (within ``shutdown_timeout``); any thread."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lock:
+            self._lock.notify_all()
+
+    # --- running -------------------------------------------------------------------------------
+
+    def run(self, *, until_empty: bool = False) -> None:
+        """Work until stopped; with ``until_empty`` return once nothing due is left."""
+        statements = self.queue.statements
+        options = self.options
+        threads: list[threading.Thread] = []
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._signals())
+            if any(d.is_async for d in options.tasks.values()):
+                self._portal = stack.enter_context(start_blocking_portal("asyncio"))
+            if not self._call(
+                "register",
+                lambda: protocol.register(
+                    statements,
+                    self.identity,
+                    options.task_names,
+                    options.queues,
+                    options.capacity,
+                ),
+            ):
+                return
+            self._timers.start()
+            for number in range(options.capacity):
+                threads.append(self._start(self._handle_jobs, f"handler-{number}"))
+            completer = self._start(self._complete, "completer")
+            heartbeater = self._start(self._heartbeat, "heartbeat")
+            listener = self._start(self._listen, "listener")
+            log.info(
+                "worker %s started: %d threads, tasks %s",
+                self.identity.name,
+                options.capacity,
+                ", ".join(options.task_names),
+            )
+            try:
+                self._fetch(until_empty)
+            finally:
+                self._shut_down(threads, completer, heartbeater, listener)
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def _start(self, target: Callable[[], None], role: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=f"pgq_sa-{role}", daemon=True)
+        thread.start()
+        return thread
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if self._stopping.is_set():
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                self._force.set()
+            else:
+                log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
+            self.stop()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _call(self, what: str, operation: Callable[[], Operation[T]]) -> T | None:
+        """Run one operation, retrying with backoff while the database is unreachable.
+
+        Gives up (returns None) only when the worker is stopping for good.
+        """
+        for attempt in range(10**9):
+            try:
+                return self._db.run(operation())
+            except (DBAPIError, psycopg.Error) as error:
+                delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
+                log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
+                if self._closing.wait(delay) or self._force.is_set():
+                    return None
+        return None  # pragma: no cover
+
+    # --- fetcher (the calling thread) ------------------------------------------------------------
+
+    def _fetch(self, until_empty: bool) -> None:
+        options, statements = self.options, self.queue.statements
+        while not self._stopping.is_set():
+            with self._lock:
+                while self._busy >= options.capacity and not self._stopping.is_set():
+                    self._lock.wait(options.poll_interval)
+                free = options.capacity - self._busy
+                writes_before = self._writes
+            if self._stopping.is_set():
+                return
+            limit = min(free, options.batch_size)
+            self._wake.clear()
+            claimed = self._call(
+                "claim",
+                partial(
+                    protocol.claim,
+                    statements,
+                    self.identity.id,
+                    options.task_names,
+                    options.queues,
+                    limit,
+                ),
+            )
+            if claimed is None:
+                continue
+            if claimed:
+                with self._lock:
+                    self._busy += len(claimed)
+                    self._unwritten += len(claimed)
+                    for item in claimed:
+                        self._running[item.job.id] = item.job
+                for item in claimed:
+                    self._work.put(item)
+                if len(claimed) == limit:
+                    continue
+            elif until_empty:
+                with self._lock:
+                    idle = self._busy == 0 and self._unwritten == 0
+                    settled = self._writes == writes_before
+                if idle and settled:
+                    log.info("no due job left: stopping (until_empty)")
+                    return
+            self._wake.wait(options.poll_interval)
+
+    # --- handler threads -----------------------------------------------------------------------
+
+    def _handle_jobs(self) -> None:
+        while (item := self._work.get()) is not None:
+            job = item.job
+            if self._stopping.is_set():  # claimed but not started: handed back at shutdown
+                self._release(job, None)
+                continue
+            definition = self.options.tasks[job.task]
+            timeout = item.timeout or definition.timeout
+            if item.cancel_requested:
+                job.request_cancel("cancel")
+            timer = (
+                self._timers.call_later(timeout, partial(job.request_cancel, "timeout"))
+                if timeout
+                else None
+            )
+            try:
+                if definition.is_async:
+                    assert self._portal is not None
+                    outcome = self._portal.call(run_async_handler, definition, job, timeout)
+                else:
+                    outcome = run_sync_handler(definition, job, timeout)
+            except BaseException as error:
+                log.exception("job %s: the worker failed around its handler", job.id)
+                from pgq_sa import decisions
+
+                outcome = decisions.errored(job.id, job.attempt, job.max_attempts, error)
+            finally:
+                if timer is not None:
+                    self._timers.cancel(timer)
+            self._release(job, None if job.cancel_reason == "shutdown" else outcome)
+
+    def _release(self, job: Job, outcome: Outcome | None) -> None:
+        with self._lock:
+            self._running.pop(job.id, None)
+            self._busy -= 1
+            if outcome is None:
+                self._unwritten -= 1
+            self._lock.notify_all()
+        if outcome is not None:
+            self._outcomes.put(outcome)
+
+    # --- completer -----------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        statements = self.queue.statements
+        closing = False
+        while not closing:
+            first = self._outcomes.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < _MAX_FINISH_BATCH:
+                try:
+                    item = self._outcomes.get_nowait()
+                except queues_module.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                batch.append(item)
+            finished = self._call(
+                "finish", partial(protocol.finish, statements, self.identity.id, batch)
+            )
+            with self._lock:
+                self._unwritten -= len(batch)
+                self._writes += 1
+                self.processed += len(batch)
+                self._lock.notify_all()
+            if finished is not None and finished.next_run_at is not None:
+                delay = finished.next_run_at.timestamp() - time.time()
+                if delay <= 0:
+                    self._wake.set()
+                else:
+                    self._timers.call_later(delay, self._wake.set)
+
+    # --- heartbeat -----------------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        statements, options = self.queue.statements, self.options
+        while not self._closing.wait(options.heartbeat_interval):
+            beat = self._call("heartbeat", lambda: protocol.heartbeat(statements, self.identity.id))
+            if beat is None:
+                return
+            if not beat.alive:
+                log.warning("worker %s: its row was gone; registering again", self.identity.name)
+                self._call(
+                    "register",
+                    lambda: protocol.register(
+                        statements,
+                        self.identity,
+                        options.task_names,
+                        options.queues,
+                        options.capacity,
+                    ),
+                )
+            self._cancel(beat.cancel)
+
+    def _cancel(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            jobs = [self._running[i] for i in job_ids if i in self._running]
+        for job in jobs:
+            log.info("job %s: cancellation requested", job.id)
+            job.request_cancel("cancel")
+
+    # --- listener ------------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        connection = ListenConnection(self._engine.url, [notify_channel(self.queue.schema)])
+        task_names = self.options.task_names
+        failures = 0
+        while not self._closing.is_set():
+            try:
+                if not connection.connected:
+                    connection.connect()
+                    if failures:
+                        log.info("listener reconnected")
+                    failures = 0
+                    self._wake.set()  # anything may have happened while we were away
+                for message in connection.wait(0.5):
+                    if message.reason == "cancel" and message.job_id is not None:
+                        self._cancel([message.job_id])
+                    elif message.concerns(task_names):
+                        self._wake_for(message.run_at)
+            except psycopg.Error as error:
+                connection.close()
+                delay = _RECONNECT_DELAYS[min(failures, len(_RECONNECT_DELAYS) - 1)]
+                failures += 1
+                log.warning(
+                    "listener lost its connection (%s); retrying in %.2fs", _brief(error), delay
+                )
+                self._closing.wait(delay)
+        connection.close()
+
+    def _wake_for(self, run_at: float | None) -> None:
+        delay = (run_at - time.time()) if run_at is not None else 0.0
+        if delay <= 0.001:
+            self._wake.set()
+        else:
+            self._timers.call_later(delay, self._wake.set)
+
+    # --- shutdown ------------------------------------------------------------------------------
+
+    def _shut_down(
+        self,
+        handlers: list[threading.Thread],
+        completer: threading.Thread,
+        heartbeater: threading.Thread,
+        listener: threading.Thread,
+    ) -> None:
+        self.stop()
+        deadline = time.monotonic() + self.options.shutdown_timeout
+        with self._lock:
+            while self._busy > 0 and not self._force.is_set() and time.monotonic() < deadline:
+                self._lock.wait(0.05)
+            unfinished = list(self._running.values())
+        for job in unfinished:
+            job.request_cancel("shutdown")  # async handlers stop; sync ones are abandoned
+        for _ in handlers:
+            self._work.put(None)
+        self._outcomes.put(None)
+        completer.join()
+        statements = self.queue.statements
+        self._closing.set()
+        handed_back = self._call_once(lambda: protocol.hand_back(statements, self.identity.id))
+        if handed_back:
+            log.info("handed %d unfinished jobs back to the queue", handed_back)
+        self._call_once(lambda: protocol.deregister(statements, self.identity.id))
+        heartbeater.join()
+        listener.join()
+        self._timers.stop()
+        for thread in handlers:
+            thread.join(timeout=0.5 if unfinished else None)
+        log.info("worker %s stopped", self.identity.name)
+
+    def _call_once(self, operation: Callable[[], Operation[T]]) -> T | None:
+        try:
+            return self._db.run(operation())
+        except (DBAPIError, psycopg.Error) as error:
+            log.warning("at shutdown: %s (rescue will recover any held jobs)", _brief(error))
+            return None
+
+
+def _brief(error: BaseException) -> str:
+    original = getattr(error, "orig", None) or error
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(error).__name__
