@@ -234,6 +234,14 @@ class Queue:
         """Queue a failed or cancelled job again; True if it was."""
         return run_sync(bind, operations.retry(self.statements, _job_id(job_id)))
 
+    def wait(self, bind: Any, job_id: int, timeout: float | None = None) -> JobInfo:
+        """Block until job ``job_id`` has finished and return it; ``TimeoutError`` after
+        ``timeout`` seconds, ``LookupError`` if there is no such job."""
+        from pgq_sa import waiting
+
+        limit = None if timeout is None else validation.seconds(timeout, "timeout")
+        return waiting.wait(self.statements, bind, _job_id(job_id), limit)
+
     def pause(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         """Stop every worker from claiming jobs of queue ``name``; running jobs finish."""
         run_sync(bind, operations.set_paused(self.statements, validation.queue_name(name), True))
@@ -285,6 +293,13 @@ class Queue:
 
     async def retry_async(self, bind: Any, job_id: int) -> bool:
         return await run_async(bind, operations.retry(self.statements, _job_id(job_id)))
+
+    async def wait_async(self, bind: Any, job_id: int, timeout: float | None = None) -> JobInfo:
+        """:meth:`wait` for async code (asyncio or trio)."""
+        from pgq_sa import waiting
+
+        limit = None if timeout is None else validation.seconds(timeout, "timeout")
+        return await waiting.wait_async(self.statements, bind, _job_id(job_id), limit)
 
     async def pause_async(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         operation = operations.set_paused(self.statements, validation.queue_name(name), True)

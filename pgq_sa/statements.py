@@ -100,6 +100,7 @@ class Statements:
     finish: Executable
     hand_back: Executable
     finished_states: Executable
+    next_run_at: Executable
 
     @classmethod
     def build(cls, tables: QueueTables) -> Statements:
@@ -121,6 +122,7 @@ class Statements:
             finish=_finish(tables),
             hand_back=_hand_back(tables),
             finished_states=_finished_states(tables),
+            next_run_at=_next_run_at(tables),
         )
 
 
@@ -498,4 +500,14 @@ def _finished_states(tables: QueueTables) -> Executable:
     jobs = tables.jobs
     return select(jobs.c.id, jobs.c.state).where(
         jobs.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
+    )
+
+
+def _next_run_at(tables: QueueTables) -> Executable:
+    """When the earliest queued job of these tasks becomes due. Read only when a worker starts or
+    its listener reconnects, i.e. when a NOTIFY about a delayed job may have been missed."""
+    jobs = tables.jobs
+    return select(func.min(jobs.c.run_at).label("run_at")).where(
+        jobs.c.state == "queued",
+        jobs.c.task == func.any(bindparam("tasks", type_=ARRAY(Text))),
     )

@@ -226,6 +226,8 @@ class AsyncWorker:
             log.info("worker %s stopped", self.identity.name)
         finally:
             self._token = None
+            send.close()
+            receive.close()
             with anyio.CancelScope(shield=True):
                 await dispose()
 
@@ -454,6 +456,12 @@ class AsyncWorker:
                             log.info("listener reconnected")
                         failures = 0
                         self._wake.set()
+                        due = await self._call(
+                            "next run",
+                            partial(protocol.next_run_at, self.queue.statements, task_names),
+                        )
+                        if due is not None:
+                            self._wake_at(due)
                     for message in await connection.wait_async(1.0):
                         if message.reason == "cancel" and message.job_id is not None:
                             self._cancel([message.job_id])

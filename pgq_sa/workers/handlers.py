@@ -7,6 +7,8 @@ scope, so a timeout or a cancellation really stops it.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from typing import Any
 
@@ -57,12 +59,14 @@ async def run_async_handler(definition: TaskDefinition, job: Job, timeout: float
     if timeout is not None:
         scope.deadline = anyio.current_time() + timeout
     token = anyio.lowlevel.current_token()
+    loop_thread = threading.get_ident()
 
     def cancel_from_anywhere() -> None:
-        try:
-            anyio.from_thread.run_sync(scope.cancel, token=token)
-        except RuntimeError:  # already on the event loop's thread
+        if threading.get_ident() == loop_thread:
             scope.cancel()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing left to cancel
+                anyio.from_thread.run_sync(scope.cancel, token=token)
 
     job.on_cancel(cancel_from_anywhere)
     value: Any = None

@@ -156,3 +156,9 @@ def finish(
 def hand_back(statements: Statements, worker_id: uuid.UUID) -> Operation[int]:
     rows = yield statements.hand_back, {"worker_id": worker_id}
     return int(rows[0].handed_back) if rows else 0
+
+
+def next_run_at(statements: Statements, tasks: Sequence[str]) -> Operation[float | None]:
+    """The epoch time the earliest queued job of ``tasks`` is due, if any."""
+    (row,) = yield statements.next_run_at, {"tasks": list(tasks)}
+    return row.run_at.timestamp() if row.run_at is not None else None

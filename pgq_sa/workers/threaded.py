@@ -365,6 +365,11 @@ class ThreadWorker:
                         log.info("listener reconnected")
                     failures = 0
                     self._wake.set()  # anything may have happened while we were away
+                    due = self._call(
+                        "next run", partial(protocol.next_run_at, self.queue.statements, task_names)
+                    )
+                    if due is not None:
+                        self._wake_for(due)
                 for message in connection.wait(0.5):
                     if message.reason == "cancel" and message.job_id is not None:
                         self._cancel([message.job_id])

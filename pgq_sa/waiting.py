@@ -1,0 +1,126 @@
+"""``Queue.wait``: block (or await) until a job finishes.
+
+A waiter LISTENs on the schema's ``finished`` channel, where every completion statement announces
+the ids it finished, and re-reads the job when its id (or an overflowing "some jobs") is
+announced; it also re-reads every ``poll_interval`` in case a notification was missed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import psycopg
+from sqlalchemy import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+
+from pgq_sa import operations
+from pgq_sa.executors import run_async, run_sync
+from pgq_sa.job import JobInfo
+from pgq_sa.schema import finished_channel
+from pgq_sa.statements import Statements
+from pgq_sa.workers.notifications import ListenConnection, Message
+
+POLL_INTERVAL = 1.0
+
+
+def _sync_engine(bind: object) -> Engine:
+    if isinstance(bind, Engine):
+        return bind
+    if isinstance(bind, Connection):
+        return bind.engine
+    if isinstance(bind, Session):
+        engine = bind.get_bind()
+        return engine if isinstance(engine, Engine) else engine.engine
+    raise TypeError(f"wait() needs a Session, Connection or Engine, got {type(bind).__name__}")
+
+
+def _async_engine(bind: object) -> AsyncEngine | Engine:
+    if isinstance(bind, (AsyncEngine, Engine)):
+        return bind
+    if isinstance(bind, AsyncConnection):
+        return bind.engine
+    if isinstance(bind, AsyncSession) and bind.bind is not None:
+        engine = bind.bind
+        return engine if isinstance(engine, AsyncEngine) else engine.engine
+    raise TypeError(
+        "wait_async() needs an AsyncSession, AsyncConnection, AsyncEngine or Engine, got "
+        + type(bind).__name__
+    )
+
+
+def _mentions(messages: list[Message], job_id: int) -> bool:
+    return any(m.finished_ids is None or job_id in m.finished_ids for m in messages)
+
+
+def _finished(info: JobInfo | None, job_id: int) -> bool:
+    if info is None:
+        raise LookupError(f"no job with id {job_id}")
+    return info.finished
+
+
+def wait(statements: Statements, bind: Any, job_id: int, timeout: float | None) -> JobInfo:
+    engine = _sync_engine(bind)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    listener = ListenConnection(engine.url, [finished_channel(statements.tables.schema)])
+    try:
+        try:
+            listener.connect()
+        except psycopg.Error:
+            pass  # polling alone still works
+        while True:
+            info = run_sync(engine, operations.get(statements, job_id))
+            if _finished(info, job_id):
+                assert info is not None
+                return info
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"job {job_id} did not finish within {timeout:g}s")
+                pause = POLL_INTERVAL if remaining is None else min(POLL_INTERVAL, remaining)
+                if not listener.connected:
+                    time.sleep(pause)
+                    break
+                try:
+                    messages = listener.wait(pause)
+                except psycopg.Error:
+                    listener.close()
+                    break
+                if not messages or _mentions(messages, job_id):
+                    break
+    finally:
+        listener.close()
+
+
+async def wait_async(
+    statements: Statements, bind: Any, job_id: int, timeout: float | None
+) -> JobInfo:
+    engine = _async_engine(bind)
+    listener = ListenConnection(engine.url, [finished_channel(statements.tables.schema)])
+    try:
+        try:
+            await anyio.to_thread.run_sync(listener.connect)
+        except psycopg.Error:
+            pass
+        with anyio.fail_after(timeout):
+            while True:
+                info = await run_async(engine, operations.get(statements, job_id))
+                if _finished(info, job_id):
+                    assert info is not None
+                    return info
+                while True:
+                    if not listener.connected:
+                        await anyio.sleep(POLL_INTERVAL)
+                        break
+                    try:
+                        messages = await listener.wait_async(POLL_INTERVAL)
+                    except psycopg.Error:
+                        listener.close()
+                        break
+                    if not messages or _mentions(messages, job_id):
+                        break
+    finally:
+        listener.close()
