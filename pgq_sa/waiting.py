@@ -7,6 +7,7 @@ announced; it also re-reads every ``poll_interval`` in case a notification was m
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -67,10 +68,8 @@ def wait(statements: Statements, bind: Any, job_id: int, timeout: float | None) 
     deadline = None if timeout is None else time.monotonic() + timeout
     listener = ListenConnection(engine.url, [finished_channel(statements.tables.schema)])
     try:
-        try:
+        with contextlib.suppress(psycopg.Error):  # polling alone still works
             listener.connect()
-        except psycopg.Error:
-            pass  # polling alone still works
         while True:
             info = run_sync(engine, operations.get(statements, job_id))
             if _finished(info, job_id):
@@ -101,10 +100,8 @@ async def wait_async(
     engine = _async_engine(bind)
     listener = ListenConnection(engine.url, [finished_channel(statements.tables.schema)])
     try:
-        try:
+        with contextlib.suppress(psycopg.Error):  # polling alone still works
             await anyio.to_thread.run_sync(listener.connect)
-        except psycopg.Error:
-            pass
         with anyio.fail_after(timeout):
             while True:
                 info = await run_async(engine, operations.get(statements, job_id))
