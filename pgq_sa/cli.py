@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pgq_sa import migrations
@@ -42,13 +43,22 @@ class Context:
     def queue(self) -> Queue:
         return Queue(schema=self.schema)
 
+    _url: URL | None = None
+
     @property
-    def engine(self) -> Engine:
-        if self._engine is None:
+    def url(self) -> URL:
+        """The resolved database URL, as given (the driver is chosen per engine kind)."""
+        if self._url is None:
             resolved = resolve_url(self.database_url)
             if resolved.source.startswith("embedded"):
                 click.echo(f"Using the {resolved.source}", err=True)
-            self._engine = make_engine(resolved.url)
+            self._url = resolved.url
+        return self._url
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.url)
         return self._engine
 
     def close(self) -> None:
@@ -352,18 +362,136 @@ def queues_resume(context: Context, name: str) -> None:
     click.echo(f"queue {name!r} resumed")
 
 
+# --- run ---------------------------------------------------------------------------------------
+
+
+def load_queue(target: str) -> Queue:
+    """Import ``module:attribute`` (from the current directory too) and check it is a Queue."""
+    import importlib
+
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(
+            "expected MODULE:QUEUE, e.g. myapp.tasks:queue", param_hint="TARGET"
+        )
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {error}", param_hint="TARGET"
+        ) from None
+    value = getattr(module, attribute, None)
+    if not isinstance(value, Queue):
+        found = "nothing" if value is None else f"a {type(value).__name__}"
+        raise click.BadParameter(f"{target} is {found}, not a pgq_sa.Queue", param_hint="TARGET")
+    return value
+
+
+@cli.command()
+@click.argument("target", metavar="MODULE:QUEUE")
+@click.option("--threads", type=click.IntRange(1, 10_000), help="ThreadWorker with N threads [8]")
+@click.option("--async", "use_async", is_flag=True, help="AsyncWorker instead of threads")
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    show_default=True,
+    help="event loop for --async",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 100_000), help="AsyncWorker jobs at once [100]"
+)
+@click.option("--batch-size", type=click.IntRange(1, 10_000), help="jobs claimed per statement")
+@click.option("--queues", "queue_names", metavar="A,B", help="only these named queues")
+@click.option(
+    "--heartbeat-interval", type=click.FloatRange(min=0.01), default=5.0, show_default=True
+)
+@click.option("--lease-timeout", type=click.FloatRange(min=0.02), default=30.0, show_default=True)
+@click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--until-empty", is_flag=True, help="exit once no due job is left")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@pass_context
+@handles_errors
+def run(
+    context: Context,
+    target: str,
+    threads: int | None,
+    use_async: bool,
+    backend: str,
+    concurrency: int | None,
+    batch_size: int | None,
+    queue_names: str | None,
+    heartbeat_interval: float,
+    lease_timeout: float,
+    poll_interval: float,
+    shutdown_timeout: float,
+    until_empty: bool,
+    log_level: str,
+) -> None:
+    """Run a worker for the Queue object at MODULE:QUEUE until SIGINT/SIGTERM."""
+    import logging
+
+    from pgq_sa.workers import AsyncWorker, ThreadWorker
+
+    if use_async and threads is not None:
+        raise click.UsageError("--threads and --async exclude each other")
+    if not use_async and concurrency is not None:
+        raise click.UsageError("--concurrency goes with --async (use --threads for threads)")
+    queue = load_queue(target)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    names = [n.strip() for n in queue_names.split(",")] if queue_names else None
+    common: dict[str, Any] = {
+        "batch_size": batch_size,
+        "queues": names,
+        "heartbeat_interval": heartbeat_interval,
+        "lease_timeout": lease_timeout,
+        "poll_interval": poll_interval,
+        "shutdown_timeout": shutdown_timeout,
+    }
+    if use_async:
+        import anyio
+
+        worker = AsyncWorker(queue, context.url, concurrency=concurrency or 100, **common)
+
+        async def main() -> None:
+            await worker.run(until_empty=until_empty)
+
+        anyio.run(main, backend=backend)
+    else:
+        ThreadWorker(queue, context.url, threads=threads or 8, **common).run(
+            until_empty=until_empty
+        )
+
+
 # --- demo --------------------------------------------------------------------------------------
 
 
 @cli.command()
-@click.option("--jobs", "job_count", default=300, show_default=True, type=click.IntRange(1, 10**6))
+@click.option("--jobs", "job_count", default=300, show_default=True, type=click.IntRange(1, 10**5))
+@click.option(
+    "--demo-schema",
+    default="pgq_demo",
+    show_default=True,
+    help="schema the demo (re)creates for itself",
+)
 @pass_context
 @handles_errors
-def demo(context: Context, job_count: int) -> None:
+def demo(context: Context, job_count: int, demo_schema: str) -> None:
     """Show the queue working (on the embedded PostgreSQL when nothing is configured)."""
     from pgq_sa.demo import run_demo
+    from pgq_sa.schema import validate_schema_name
 
-    run_demo(context.engine, context.schema, job_count)
+    run_demo(context.engine, validate_schema_name(demo_schema), job_count)
 
 
 if __name__ == "__main__":  # pragma: no cover

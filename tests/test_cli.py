@@ -116,3 +116,76 @@ def test_python_dash_m_entry_point(database_url):
     )
     assert done.returncode == 0, done.stderr
     assert "pgq_sa_0001" in done.stdout
+
+
+APPS = str(__import__("pathlib").Path(__file__).parent / "apps")
+
+
+def _run_command(url, *args):
+    import os
+
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pgq_sa",
+            "--database-url",
+            _url(url),
+            "run",
+            "sample_app:queue",
+            "--poll-interval",
+            "0.2",
+            *args,
+        ],
+        cwd=APPS,
+        env={**os.environ, "PYTHONPATH": APPS},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("mode", [[], ["--async"], ["--async", "--backend", "trio"]])
+def test_run_until_empty(database_url, engine, mode):
+    ids = [Queue().enqueue(engine, "sample.sleep", {"seconds": 0}) for _ in range(5)]
+    ids.append(Queue().enqueue(engine, "sample.async", {"seconds": 0}))
+    process = _run_command(database_url, "--until-empty", *mode)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert all(Queue().get(engine, i).status is JobStatus.succeeded for i in ids)
+
+
+@pytest.mark.parametrize("mode", [[], ["--async"], ["--async", "--backend", "trio"]])
+def test_sigterm_lets_the_running_job_finish(database_url, engine, mode):
+    import signal
+    import time
+
+    job_id = Queue().enqueue(engine, "sample.sleep", {"seconds": 1.5})
+    process = _run_command(database_url, *mode)
+    deadline = time.monotonic() + 30
+    while Queue().get(engine, job_id).status is not JobStatus.running:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output
+    info = Queue().get(engine, job_id)
+    assert info.status is JobStatus.succeeded
+    assert info.result["slept"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("sample_app", "MODULE:QUEUE"),
+        ("no_such_module:queue", "cannot import"),
+        ("sample_app:not_a_queue", "not a pgq_sa.Queue"),
+        ("sample_app:missing", "nothing"),
+    ],
+)
+def test_run_with_a_bad_target(database_url, target, message, monkeypatch):
+    monkeypatch.syspath_prepend(APPS)
+    result = CliRunner().invoke(cli, ["--database-url", _url(database_url), "run", target])
+    assert result.exit_code == 2
+    assert message in result.output
