@@ -114,11 +114,9 @@ def schema_from_environment(explicit: str | None = None) -> str:
 
 def make_engine(url: str | URL, **options: Any) -> Engine:
     """A sync engine (psycopg) for ``url``."""
-    options.setdefault("pool_pre_ping", True)
     return create_engine(sync_url(url), **options)
 
 
 def make_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
     """An asyncio engine (asyncpg by default) for ``url``."""
-    options.setdefault("pool_pre_ping", True)
     return create_async_engine(async_url(url), **options)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     case,
     column,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by, insert
 from sqlalchemy.sql.expression import ColumnElement, Executable
 
-from pgq_sa.schema import QueueTables, finished_channel, notify_channel
+from pgq_sa.schema import JobStatus, QueueTables, finished_channel, notify_channel
 
 LIVE_PREDICATE = "dedupe_key IS NOT NULL AND state IN ('queued', 'running')"
 
@@ -70,6 +71,13 @@ SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
        ) WITH ORDINALITY AS t(task, queue, payload, priority, max_attempts, run_at, delay,
                               dedupe_key, ord)
 """
+
+
+def in_states(state: ColumnElement[object], *states: str) -> ColumnElement[bool]:
+    """``state = 'x'`` / ``state IN ('x', 'y')`` with the states as SQL literals, never bind
+    parameters: a prepared statement's generic plan can then still use the partial indexes."""
+    literals = [literal_column(f"'{JobStatus(value).value}'", type_=state.type) for value in states]
+    return state == literals[0] if len(literals) == 1 else state.in_(literals)
 
 
 def wake_message(reason: str, tasks: ColumnElement[object] | None = None) -> ColumnElement[str]:
@@ -186,7 +194,7 @@ def _live_ids_by_dedupe_key(tables: QueueTables) -> Executable:
     jobs = tables.jobs
     return select(jobs.c.dedupe_key, jobs.c.id).where(
         jobs.c.dedupe_key == func.any(bindparam("keys", type_=ARRAY(Text))),
-        jobs.c.state.in_(["queued", "running"]),
+        in_states(jobs.c.state, "queued", "running"),
     )
 
 
@@ -221,7 +229,7 @@ def _cancel_queued(tables: QueueTables) -> Executable:
     jobs = tables.jobs
     return (
         update(jobs)
-        .where(jobs.c.id == bindparam("job_id"), jobs.c.state == "queued")
+        .where(jobs.c.id == bindparam("job_id"), in_states(jobs.c.state, "queued"))
         .values(state="cancelled", finished_at=func.now(), cancel_requested=True)
         .returning(jobs.c.id)
     )
@@ -233,7 +241,7 @@ def _cancel_running(tables: QueueTables) -> Executable:
     message = func.json_build_object("reason", "cancel", "id", jobs.c.id).cast(Text)
     return (
         update(jobs)
-        .where(jobs.c.id == bindparam("job_id"), jobs.c.state == "running")
+        .where(jobs.c.id == bindparam("job_id"), in_states(jobs.c.state, "running"))
         .values(cancel_requested=True)
         .returning(jobs.c.id, _notify(tables, message))
     )
@@ -250,7 +258,7 @@ def _retry_finished(tables: QueueTables) -> Executable:
         select(holder.c.id)
         .where(
             holder.c.dedupe_key == jobs.c.dedupe_key,
-            holder.c.state.in_(["queued", "running"]),
+            in_states(holder.c.state, "queued", "running"),
         )
         .exists()
     )
@@ -258,7 +266,7 @@ def _retry_finished(tables: QueueTables) -> Executable:
         update(jobs)
         .where(
             jobs.c.id == bindparam("job_id"),
-            jobs.c.state.in_(["failed", "cancelled"]),
+            in_states(jobs.c.state, "failed", "cancelled"),
             case((jobs.c.dedupe_key.is_(None), true()), else_=key_is_free),
         )
         .values(
@@ -358,7 +366,7 @@ def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     first, skipping rows other claimers hold and queues that are paused."""
     jobs, queues = tables.jobs, tables.queues
     conditions = [
-        jobs.c.state == "queued",
+        in_states(jobs.c.state, "queued"),
         jobs.c.run_at <= func.now(),
         jobs.c.task == func.any(bindparam("tasks", type_=ARRAY(Text))),
         jobs.c.queue.not_in(select(queues.c.name).where(queues.c.paused)),
@@ -508,6 +516,6 @@ def _next_run_at(tables: QueueTables) -> Executable:
     its listener reconnects, i.e. when a NOTIFY about a delayed job may have been missed."""
     jobs = tables.jobs
     return select(func.min(jobs.c.run_at).label("run_at")).where(
-        jobs.c.state == "queued",
+        in_states(jobs.c.state, "queued"),
         jobs.c.task == func.any(bindparam("tasks", type_=ARRAY(Text))),
     )

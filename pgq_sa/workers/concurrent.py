@@ -40,7 +40,14 @@ from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
 from pgq_sa.workers import protocol
-from pgq_sa.workers.database import AsyncDatabase, AsyncioDatabase, ThreadedDatabase
+from pgq_sa.workers.database import (
+    CLAIM_SESSION,
+    AsyncDatabase,
+    AsyncioDatabase,
+    AsyncLane,
+    ThreadedDatabase,
+    ThreadedLane,
+)
 from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
@@ -160,6 +167,8 @@ class AsyncWorker:
         """Work until stopped; with ``until_empty`` return once nothing due is left."""
         backend = sniffio.current_async_library()
         self._db, dispose = self._database(backend)
+        self._claim_lane = self._db.lane(CLAIM_SESSION)
+        self._finish_lane = self._db.lane()
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._stopping = False
@@ -215,6 +224,8 @@ class AsyncWorker:
                 with anyio.CancelScope(shield=True):
                     await self._outcomes.send(None)
                     await self._completer_done.wait()
+                    await self._claim_lane.close()
+                    await self._finish_lane.close()
                     self._closing.set()
                     handed_back = await self._call_once(
                         lambda: protocol.hand_back(statements, self.identity.id)
@@ -231,10 +242,16 @@ class AsyncWorker:
             with anyio.CancelScope(shield=True):
                 await dispose()
 
-    async def _call(self, what: str, operation: Callable[[], Operation[T]]) -> T | None:
+    async def _call(
+        self,
+        what: str,
+        operation: Callable[[], Operation[T]],
+        lane: AsyncLane | ThreadedLane | None = None,
+    ) -> T | None:
+        run = lane.run if lane is not None else self._db.run
         for attempt in range(10**9):
             try:
-                return await self._db.run(operation())
+                return await run(operation())
             except (DBAPIError, psycopg.Error, OSError) as error:
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
                 log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
@@ -287,6 +304,7 @@ class AsyncWorker:
                     options.queues,
                     limit,
                 ),
+                self._claim_lane,
             )
             if claimed is None:
                 continue
@@ -387,7 +405,9 @@ class AsyncWorker:
                             break
                         batch.append(item)
                     finished = await self._call(
-                        "finish", partial(protocol.finish, statements, self.identity.id, batch)
+                        "finish",
+                        partial(protocol.finish, statements, self.identity.id, batch),
+                        self._finish_lane,
                     )
                     self._unwritten -= len(batch)
                     self._writes += 1

@@ -1,4 +1,4 @@
-"""How a worker reaches the database: three small executors with one job each.
+"""How a worker reaches the database: executors for sync, asyncio and threads-under-anyio.
 
 * :class:`SyncDatabase` runs an operation on a sync Engine (the thread worker);
 * :class:`AsyncioDatabase` awaits it on an AsyncEngine (the async worker on asyncio);
@@ -6,17 +6,121 @@
   limiter (the async worker on trio, or given a sync Engine).
 
 Every statement runs in autocommit: each claim, heartbeat or finish is one statement and one round
-trip, committed at once.
+trip, committed at once. Busy components (the fetcher, the completer) keep a *lane*: a connection
+held between operations, set up once. The claim lane turns bitmap scans off for its session: a
+claim must walk the partial claim index in order and stop after ``limit`` rows, and stale
+statistics right after a bulk enqueue would otherwise pick a bitmap scan that sorts every queued
+job. The setting is reset before the connection goes back to a shared pool.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import anyio
 import anyio.to_thread
-from sqlalchemy import Engine
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgq_sa.executors import Operation, T, run_async, run_sync
+
+# Session settings of the claim lane, as (name, value); each is RESET when the lane closes.
+CLAIM_SESSION = (("enable_bitmapscan", "off"),)
+Settings = Sequence[tuple[str, str]]
+
+
+class SyncLane:
+    """One component's connection, kept between its operations."""
+
+    def __init__(self, engine: Engine, setup: Settings) -> None:
+        self._engine = engine
+        self._setup = tuple(setup)
+        self._connection: Connection | None = None
+
+    def run(self, operation: Operation[T]) -> T:
+        if self._connection is None:
+            connection = self._engine.connect()
+            try:
+                for name, value in self._setup:
+                    connection.exec_driver_sql(f"SET {name} = {value}")
+            except BaseException:
+                connection.invalidate()
+                connection.close()
+                raise
+            self._connection = connection
+        try:
+            return run_sync(self._connection, operation)
+        except BaseException:
+            self.close(broken=True)
+            raise
+
+    def close(self, *, broken: bool = False) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if broken:
+                connection.invalidate()
+            else:
+                for name, _ in self._setup:
+                    connection.exec_driver_sql(f"RESET {name}")
+        except Exception:
+            connection.invalidate()
+        finally:
+            connection.close()
+
+
+class AsyncLane:
+    def __init__(self, engine: AsyncEngine, setup: Settings) -> None:
+        self._engine = engine
+        self._setup = tuple(setup)
+        self._connection: AsyncConnection | None = None
+
+    async def run(self, operation: Operation[T]) -> T:
+        if self._connection is None:
+            connection = await self._engine.connect()
+            try:
+                for name, value in self._setup:
+                    await connection.exec_driver_sql(f"SET {name} = {value}")
+            except BaseException:
+                await connection.invalidate()
+                await connection.close()
+                raise
+            self._connection = connection
+        try:
+            return await run_async(self._connection, operation)
+        except BaseException:
+            await self.close(broken=True)
+            raise
+
+    async def close(self, *, broken: bool = False) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                if broken:
+                    await connection.invalidate()
+                else:
+                    for name, _ in self._setup:
+                        await connection.exec_driver_sql(f"RESET {name}")
+            except Exception:
+                await connection.invalidate()
+            finally:
+                await connection.close()
+
+
+class ThreadedLane:
+    def __init__(self, lane: SyncLane, limiter: anyio.CapacityLimiter) -> None:
+        self._lane = lane
+        self._limiter = limiter
+
+    async def run(self, operation: Operation[T]) -> T:
+        return await anyio.to_thread.run_sync(self._lane.run, operation, limiter=self._limiter)
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._lane.close, limiter=self._limiter)
 
 
 class SyncDatabase:
@@ -28,6 +132,9 @@ class SyncDatabase:
         with self.engine.connect() as connection:
             return run_sync(connection, operation)
 
+    def lane(self, setup: Settings = ()) -> SyncLane:
+        return SyncLane(self.engine, setup)
+
 
 class AsyncioDatabase:
     def __init__(self, engine: AsyncEngine) -> None:
@@ -38,15 +145,21 @@ class AsyncioDatabase:
         async with self.engine.connect() as connection:
             return await run_async(connection, operation)
 
+    def lane(self, setup: Settings = ()) -> AsyncLane:
+        return AsyncLane(self.engine, setup)
+
 
 class ThreadedDatabase:
-    def __init__(self, engine: Engine, threads: int = 4) -> None:
+    def __init__(self, engine: Engine, threads: int = 6) -> None:
         self._sync = SyncDatabase(engine)
         self._limiter = anyio.CapacityLimiter(threads)
         self.url = engine.url
 
     async def run(self, operation: Operation[T]) -> T:
         return await anyio.to_thread.run_sync(self._sync.run, operation, limiter=self._limiter)
+
+    def lane(self, setup: Settings = ()) -> ThreadedLane:
+        return ThreadedLane(self._sync.lane(setup), self._limiter)
 
 
 AsyncDatabase = AsyncioDatabase | ThreadedDatabase

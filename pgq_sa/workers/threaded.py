@@ -33,7 +33,7 @@ from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
 from pgq_sa.workers import protocol
-from pgq_sa.workers.database import SyncDatabase
+from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase, SyncLane
 from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
@@ -104,6 +104,8 @@ class ThreadWorker:
         self._portal: BlockingPortal | None = None
         self._timers = TimerThread()
         self._db = SyncDatabase(self._engine)
+        self._claim_lane = self._db.lane(CLAIM_SESSION)
+        self._finish_lane = self._db.lane()
         self.processed = 0
 
     @property
@@ -184,14 +186,20 @@ class ThreadWorker:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _call(self, what: str, operation: Callable[[], Operation[T]]) -> T | None:
+    def _call(
+        self,
+        what: str,
+        operation: Callable[[], Operation[T]],
+        lane: SyncLane | None = None,
+    ) -> T | None:
         """Run one operation, retrying with backoff while the database is unreachable.
 
         Gives up (returns None) only when the worker is stopping for good.
         """
+        run = lane.run if lane is not None else self._db.run
         for attempt in range(10**9):
             try:
-                return self._db.run(operation())
+                return run(operation())
             except (DBAPIError, psycopg.Error) as error:
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
                 log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
@@ -223,6 +231,7 @@ class ThreadWorker:
                     options.queues,
                     limit,
                 ),
+                self._claim_lane,
             )
             if claimed is None:
                 continue
@@ -308,7 +317,9 @@ class ThreadWorker:
                     break
                 batch.append(item)
             finished = self._call(
-                "finish", partial(protocol.finish, statements, self.identity.id, batch)
+                "finish",
+                partial(protocol.finish, statements, self.identity.id, batch),
+                self._finish_lane,
             )
             with self._lock:
                 self._unwritten -= len(batch)
@@ -413,6 +424,8 @@ class ThreadWorker:
             self._work.put(None)
         self._outcomes.put(None)
         completer.join()
+        self._claim_lane.close()
+        self._finish_lane.close()
         statements = self.queue.statements
         self._closing.set()
         handed_back = self._call_once(lambda: protocol.hand_back(statements, self.identity.id))
