@@ -39,7 +39,13 @@ class Queue:
         schema: str = DEFAULT_SCHEMA,
         *,
         max_payload_bytes: int = validation.DEFAULT_MAX_PAYLOAD_BYTES,
+        keep_succeeded: float | timedelta = timedelta(days=1),
+        keep_failed: float | timedelta = timedelta(days=14),
     ) -> None:
+        """``keep_succeeded`` / ``keep_failed`` (failed and cancelled): how long finished jobs
+        are kept before the workers' maintenance prunes them."""
+        self.keep_succeeded = validation.seconds(keep_succeeded, "keep_succeeded")
+        self.keep_failed = validation.seconds(keep_failed, "keep_failed")
         self.tables: QueueTables = build_tables(schema)
         self.statements = Statements.build(self.tables)
         self.max_payload_bytes = validation._integer(max_payload_bytes, "max_payload_bytes")

@@ -15,7 +15,9 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Double,
     Integer,
+    Interval,
     Select,
     SmallInteger,
     Text,
@@ -73,6 +75,10 @@ SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
 """
 
 
+def _one_second() -> ColumnElement[object]:
+    return literal_column("interval '1 second'", type_=Interval)
+
+
 def in_states(state: ColumnElement[object], *states: str) -> ColumnElement[bool]:
     """``state = 'x'`` / ``state IN ('x', 'y')`` with the states as SQL literals, never bind
     parameters: a prepared statement's generic plan can then still use the partial indexes."""
@@ -109,6 +115,9 @@ class Statements:
     hand_back: Executable
     finished_states: Executable
     next_run_at: Executable
+    rescue: Executable
+    prune_succeeded: Executable
+    prune_failed: Executable
 
     @classmethod
     def build(cls, tables: QueueTables) -> Statements:
@@ -131,6 +140,9 @@ class Statements:
             hand_back=_hand_back(tables),
             finished_states=_finished_states(tables),
             next_run_at=_next_run_at(tables),
+            rescue=_rescue(tables),
+            prune_succeeded=_prune(tables, "succeeded"),
+            prune_failed=_prune(tables, "failed", "cancelled"),
         )
 
 
@@ -519,3 +531,85 @@ def _next_run_at(tables: QueueTables) -> Executable:
         in_states(jobs.c.state, "queued"),
         jobs.c.task == func.any(bindparam("tasks", type_=ARRAY(Text))),
     )
+
+
+def _rescue(tables: QueueTables) -> Executable:
+    """Requeue (or fail, when out of attempts) the jobs of workers whose heartbeat is older than
+    ``lease_timeout`` seconds, and forget those workers. Safe when every worker runs it at once:
+    dead workers and their jobs are taken with SKIP LOCKED, so each is rescued by one of them.
+    The attempt that was running counts. Running jobs whose worker row is gone are rescued too.
+    """
+    s = tables.schema
+    channel = notify_channel(s)
+    return (
+        text(
+            f"""
+WITH dead AS (
+    SELECT id FROM "{s}".workers
+     WHERE heartbeat_at < now() - :lease_timeout * interval '1 second'
+       FOR UPDATE SKIP LOCKED
+),
+orphans AS (
+    SELECT j.id FROM "{s}".jobs AS j
+     WHERE j.state = 'running'
+       AND (j.worker_id IN (SELECT id FROM dead)
+            OR NOT EXISTS (SELECT 1 FROM "{s}".workers AS w WHERE w.id = j.worker_id))
+       FOR UPDATE OF j SKIP LOCKED
+),
+rescued AS (
+    UPDATE "{s}".jobs AS j
+       SET state = (CASE WHEN j.attempt >= j.max_attempts OR j.cancel_requested
+                         THEN (CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END)
+                         ELSE 'queued' END)::"{s}".job_state,
+           finished_at = CASE WHEN j.attempt >= j.max_attempts OR j.cancel_requested
+                              THEN now() END,
+           run_at = now(),
+           worker_id = CASE WHEN j.attempt >= j.max_attempts OR j.cancel_requested
+                            THEN j.worker_id END,
+           error = json_build_object(
+               'type', 'pgq_sa.WorkerLost',
+               'message', 'worker ' || j.worker_id || ' stopped heartbeating for over '
+                          || :lease_timeout || 's while running attempt ' || j.attempt
+                          || ' of ' || j.max_attempts,
+               'traceback', NULL,
+               'attempt', j.attempt)::jsonb
+      FROM orphans
+     WHERE j.id = orphans.id
+    RETURNING j.id, j.state, j.task
+),
+forgotten AS (
+    DELETE FROM "{s}".workers WHERE id IN (SELECT id FROM dead) RETURNING id
+)
+SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
+       (SELECT count(*) FROM rescued WHERE state <> 'queued') AS failed,
+       (SELECT count(*) FROM forgotten) AS workers,
+       (SELECT pg_notify('{channel}',
+                         json_build_object('reason', 'rescue',
+                                           'tasks', json_agg(DISTINCT task))::text)
+          FROM rescued WHERE state = 'queued' HAVING count(*) > 0) AS notified
+"""
+        )
+        .bindparams(bindparam("lease_timeout", type_=Double))
+        .columns(
+            column("requeued", BigInteger),
+            column("failed", BigInteger),
+            column("workers", BigInteger),
+        )
+    )
+
+
+def _prune(tables: QueueTables, *states: str) -> Executable:
+    """Delete up to ``limit`` jobs in ``states`` finished more than ``age`` seconds ago."""
+    jobs = tables.jobs
+    oldest = (
+        select(jobs.c.id)
+        .where(
+            in_states(jobs.c.state, *states),
+            jobs.c.finished_at < func.now() - bindparam("age", type_=Double) * _one_second(),
+        )
+        .order_by(jobs.c.finished_at)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    return jobs.delete().where(jobs.c.id.in_(oldest)).returning(jobs.c.id)

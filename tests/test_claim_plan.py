@@ -23,9 +23,7 @@ def _plan(connection, queue: Queue, analyzed: bool) -> dict:
     for name, value in CLAIM_SESSION:
         connection.exec_driver_sql(f"SET {name} = {value}")
     compiled = queue.statements.claim.compile(dialect=connection.dialect)
-    params = compiled.construct_params(
-        {"tasks": ["t"], "limit": 10, "worker_id": uuid.uuid4()}
-    )
+    params = compiled.construct_params({"tasks": ["t"], "limit": 10, "worker_id": uuid.uuid4()})
     cursor = connection.connection.driver_connection.cursor()
     cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + compiled.string, params)
     (row,) = cursor.fetchall()

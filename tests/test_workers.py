@@ -325,3 +325,30 @@ def test_worker_options_are_validated_before_connecting(engine):
         AsyncWorker(queue, 42)
     with pytest.raises(TypeError, match="Queue"):
         ThreadWorker("pgq", engine)
+
+
+def test_retention_prunes_finished_jobs_in_batches(kind, engine, database_url):
+    from pgq_sa.workers import threaded
+
+    queue = Queue(keep_succeeded=3600, keep_failed=3600)
+
+    @queue.task("ok")
+    def ok(job):
+        return None
+
+    @queue.task("bad", max_attempts=1)
+    def bad(job):
+        raise RuntimeError("kept for inspection")
+
+    queue.enqueue_many(engine, [JobSpec("ok") for _ in range(2500)] + [JobSpec("bad")])
+    run_worker(make_worker(kind, queue, database_url, size=16, batch_size=100), kind)
+    assert count_jobs(engine, state="succeeded") == 2500
+    queue.keep_succeeded = 0.2
+    running = start_worker(kind, queue, database_url, heartbeat_interval=0.2)
+    deadline = time.monotonic() + 30
+    while count_jobs(engine, state="succeeded") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    running.stop()
+    assert count_jobs(engine, state="succeeded") == 0
+    assert count_jobs(engine, state="failed") == 1
+    assert threaded.PRUNE_BATCH < 2500  # it took more than one bounded batch

@@ -52,7 +52,13 @@ from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
 from pgq_sa.workers.protocol import Claimed, Identity
-from pgq_sa.workers.threaded import _MAX_FINISH_BATCH, _RECONNECT_DELAYS, _brief
+from pgq_sa.workers.threaded import (
+    _MAX_FINISH_BATCH,
+    _RECONNECT_DELAYS,
+    MAX_PRUNE_ROUNDS,
+    PRUNE_BATCH,
+    _brief,
+)
 
 log = logging.getLogger("pgq_sa.worker")
 
@@ -212,6 +218,7 @@ class AsyncWorker:
                 services.start_soon(self._complete, receive)
                 services.start_soon(self._heartbeat)
                 services.start_soon(self._listen)
+                services.start_soon(self._maintain)
                 if threading.current_thread() is threading.main_thread():
                     services.start_soon(self._watch_signals)
                 async with anyio.create_task_group() as handlers:
@@ -454,6 +461,26 @@ class AsyncWorker:
                     ),
                 )
             self._cancel(beat.cancel)
+
+    async def _maintain(self) -> None:
+        """Rescue the jobs of silent workers and prune old finished jobs, on every worker."""
+        statements, queue, options = self.queue.statements, self.queue, self.options
+        while True:
+            await anyio.sleep(options.heartbeat_interval)
+            await self._call("rescue", partial(protocol.rescue, statements, options.lease_timeout))
+            for _ in range(MAX_PRUNE_ROUNDS):
+                removed = await self._call(
+                    "prune",
+                    partial(
+                        protocol.prune,
+                        statements,
+                        queue.keep_succeeded,
+                        queue.keep_failed,
+                        PRUNE_BATCH,
+                    ),
+                )
+                if not removed or removed < PRUNE_BATCH:
+                    break
 
     def _cancel(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:

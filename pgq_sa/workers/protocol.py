@@ -162,3 +162,33 @@ def next_run_at(statements: Statements, tasks: Sequence[str]) -> Operation[float
     """The epoch time the earliest queued job of ``tasks`` is due, if any."""
     (row,) = yield statements.next_run_at, {"tasks": list(tasks)}
     return row.run_at.timestamp() if row.run_at is not None else None
+
+
+@dataclass(frozen=True)
+class Rescue:
+    requeued: int
+    failed: int
+    workers: int
+
+
+def rescue(statements: Statements, lease_timeout: float) -> Operation[Rescue]:
+    """Requeue the jobs of workers silent for longer than ``lease_timeout``."""
+    (row,) = yield statements.rescue, {"lease_timeout": lease_timeout}
+    result = Rescue(int(row.requeued), int(row.failed), int(row.workers))
+    if result.requeued or result.failed or result.workers:
+        log.warning(
+            "rescued the jobs of %d silent workers: %d queued again, %d failed (out of attempts)",
+            result.workers,
+            result.requeued,
+            result.failed,
+        )
+    return result
+
+
+def prune(
+    statements: Statements, succeeded_age: float, failed_age: float, limit: int
+) -> Operation[int]:
+    """Delete finished jobs past their retention, at most ``limit`` of each kind."""
+    removed = yield statements.prune_succeeded, {"age": succeeded_age, "limit": limit}
+    removed_failed = yield statements.prune_failed, {"age": failed_age, "limit": limit}
+    return len(removed) + len(removed_failed)

@@ -45,6 +45,8 @@ log = logging.getLogger("pgq_sa.worker")
 T = TypeVar("T")
 
 _MAX_FINISH_BATCH = 1000
+PRUNE_BATCH = 1000
+MAX_PRUNE_ROUNDS = 10
 _RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -147,6 +149,7 @@ class ThreadWorker:
             completer = self._start(self._complete, "completer")
             heartbeater = self._start(self._heartbeat, "heartbeat")
             listener = self._start(self._listen, "listener")
+            maintenance = self._start(self._maintain, "maintenance")
             log.info(
                 "worker %s started: %d threads, tasks %s",
                 self.identity.name,
@@ -157,6 +160,7 @@ class ThreadWorker:
                 self._fetch(until_empty)
             finally:
                 self._shut_down(threads, completer, heartbeater, listener)
+                maintenance.join()
         if self._owns_engine:
             self._engine.dispose()
 
@@ -354,6 +358,25 @@ class ThreadWorker:
                     ),
                 )
             self._cancel(beat.cancel)
+
+    def _maintain(self) -> None:
+        """Rescue the jobs of silent workers and prune old finished jobs, on every worker."""
+        statements, queue, options = self.queue.statements, self.queue, self.options
+        while not self._closing.wait(options.heartbeat_interval):
+            self._call("rescue", partial(protocol.rescue, statements, options.lease_timeout))
+            for _ in range(MAX_PRUNE_ROUNDS):
+                removed = self._call(
+                    "prune",
+                    partial(
+                        protocol.prune,
+                        statements,
+                        queue.keep_succeeded,
+                        queue.keep_failed,
+                        PRUNE_BATCH,
+                    ),
+                )
+                if not removed or removed < PRUNE_BATCH:
+                    break
 
     def _cancel(self, job_ids: Iterable[int]) -> None:
         with self._lock:

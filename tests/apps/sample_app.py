@@ -25,3 +25,17 @@ async def async_sleep(job):
 
 
 not_a_queue = 42
+
+
+@queue.task("sample.slow_first", max_attempts=3)
+def slow_first(job):
+    """The first attempt is slow (long enough to be killed or paused); later ones are quick."""
+    if job.attempt == 1:
+        time.sleep(job.payload["seconds"])
+        return {"attempt": 1, "pid": os.getpid()}
+    return {"attempt": job.attempt, "pid": os.getpid()}
+
+
+@queue.task("sample.one_shot", max_attempts=1)
+def one_shot(job):
+    time.sleep(job.payload["seconds"])
