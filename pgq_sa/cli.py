@@ -342,6 +342,40 @@ def queues() -> None:
     """List, pause and resume named queues (cluster-wide)."""
 
 
+@queues.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@pass_context
+@handles_errors
+def queues_list(context: Context, as_json: bool) -> None:
+    """Queues with live jobs or settings: paused or not, queued and running counts."""
+    from pgq_sa import operations
+    from pgq_sa.executors import run_sync
+
+    states = run_sync(context.engine, operations.list_queues(context.queue.statements))
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": s.name,
+                        "paused": s.paused,
+                        "queued": s.queued,
+                        "running": s.running,
+                        "paused_at": s.paused_at.isoformat() if s.paused_at else None,
+                    }
+                    for s in states
+                ],
+                indent=2,
+            )
+        )
+        return
+    click.echo(f"{'queue':<24}{'state':<10}{'queued':>10}{'running':>10}")
+    for s in states:
+        click.echo(
+            f"{s.name:<24}{'paused' if s.paused else 'active':<10}{s.queued:>10}{s.running:>10}"
+        )
+
+
 @queues.command("pause")
 @click.argument("name")
 @pass_context

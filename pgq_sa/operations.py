@@ -138,3 +138,17 @@ def retry(statements: Statements, job_id: int) -> Operation[bool]:
 
 def set_paused(statements: Statements, name: str, paused: bool) -> Operation[None]:
     yield statements.set_paused, {"name": name, "paused": paused}
+
+
+@dataclass(frozen=True)
+class QueueState:
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    queued: int
+    running: int
+
+
+def list_queues(statements: Statements) -> Operation[list[QueueState]]:
+    rows = yield statements.list_queues, None
+    return [QueueState(r.name, r.paused, r.paused_at, r.queued, r.running) for r in rows]

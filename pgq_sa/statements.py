@@ -25,6 +25,7 @@ from sqlalchemy import (
     bindparam,
     case,
     column,
+    false,
     func,
     literal_column,
     or_,
@@ -324,8 +325,30 @@ def _set_paused(tables: QueueTables) -> Executable:
 
 
 def _list_queues(tables: QueueTables) -> Executable:
-    queues = tables.queues
-    return select(queues.c.name, queues.c.paused, queues.c.paused_at).order_by(queues.c.name)
+    """Every queue that has live jobs or a stored setting, with its pause state and backlog."""
+    jobs, queues = tables.jobs, tables.queues
+    live = (
+        select(
+            jobs.c.queue,
+            func.count().filter(in_states(jobs.c.state, "queued")).label("queued"),
+            func.count().filter(in_states(jobs.c.state, "running")).label("running"),
+        )
+        .where(in_states(jobs.c.state, "queued", "running"))
+        .group_by(jobs.c.queue)
+        .subquery("live")
+    )
+    name = func.coalesce(queues.c.name, live.c.queue).label("name")
+    return (
+        select(
+            name,
+            func.coalesce(queues.c.paused, false()).label("paused"),
+            queues.c.paused_at,
+            func.coalesce(live.c.queued, 0).label("queued"),
+            func.coalesce(live.c.running, 0).label("running"),
+        )
+        .select_from(live.join(queues, queues.c.name == live.c.queue, full=True))
+        .order_by(name)
+    )
 
 
 # --- workers -----------------------------------------------------------------------------------
