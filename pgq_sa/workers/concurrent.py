@@ -175,6 +175,7 @@ class AsyncWorker:
         self._db, dispose = self._database(backend)
         self._claim_lane = self._db.lane(CLAIM_SESSION)
         self._finish_lane = self._db.lane()
+        self._limited_lane = self._db.lane(CLAIM_SESSION, transactional=True)
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._stopping = False
@@ -204,7 +205,9 @@ class AsyncWorker:
                     options.capacity,
                 ),
             )
-            if registered is None:
+            if registered is None or not await self._call(
+                "limits", partial(protocol.upsert_limits, statements, list(options.tasks.values()))
+            ):
                 return
             log.info(
                 "worker %s started on %s: concurrency %d, tasks %s",
@@ -233,6 +236,7 @@ class AsyncWorker:
                     await self._completer_done.wait()
                     await self._claim_lane.close()
                     await self._finish_lane.close()
+                    await self._limited_lane.close()
                     self._closing.set()
                     handed_back = await self._call_once(
                         lambda: protocol.hand_back(statements, self.identity.id)
@@ -291,7 +295,7 @@ class AsyncWorker:
     # --- fetcher -------------------------------------------------------------------------------
 
     async def _fetch(self, until_empty: bool) -> None:
-        options, statements = self.options, self.queue.statements
+        options = self.options
         while not self._stopping:
             while self._busy >= options.capacity and not self._stopping:
                 self._slot_freed.clear()
@@ -301,18 +305,7 @@ class AsyncWorker:
             limit = min(options.capacity - self._busy, options.batch_size)
             writes_before = self._writes
             self._wake.clear()
-            claimed = await self._call(
-                "claim",
-                partial(
-                    protocol.claim,
-                    statements,
-                    self.identity.id,
-                    options.task_names,
-                    options.queues,
-                    limit,
-                ),
-                self._claim_lane,
-            )
+            claimed = await self._claim(limit)
             if claimed is None:
                 continue
             if claimed:
@@ -327,6 +320,44 @@ class AsyncWorker:
                 log.info("no due job left: stopping (until_empty)")
                 return
             await self._wake.wait(options.poll_interval)
+
+    async def _claim(self, limit: int) -> list[Claimed] | None:
+        """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""
+        options, statements, worker_id = self.options, self.queue.statements, self.identity.id
+        claimed: list[Claimed] = []
+        if options.limited_tasks:
+            limited = await self._call(
+                "claim",
+                partial(
+                    protocol.claim_limited,
+                    statements,
+                    worker_id,
+                    options.limited_tasks,
+                    options.queues,
+                    limit,
+                ),
+                self._limited_lane,
+            )
+            if limited is None:
+                return None
+            claimed.extend(limited)
+            if limited and options.pacing:
+                self._wake_at(time.time() + options.pacing)
+        if options.free_tasks and len(claimed) < limit:
+            free = await self._call(
+                "claim",
+                partial(
+                    protocol.claim,
+                    statements,
+                    worker_id,
+                    options.free_tasks,
+                    options.queues,
+                    limit - len(claimed),
+                ),
+                self._claim_lane,
+            )
+            claimed.extend(free or ())
+        return claimed
 
     async def _drain(self) -> None:
         """Give running jobs ``shutdown_timeout`` to finish, then cancel what is left."""
@@ -420,6 +451,8 @@ class AsyncWorker:
                     self._writes += 1
                     self.processed += len(batch)
                     self._slot_freed.set()
+                    if self.options.limited_tasks:
+                        self._wake.set()  # a slot of a limited task may have freed up
                     if finished is not None and finished.next_run_at is not None:
                         self._wake_at(finished.next_run_at.timestamp())
         finally:

@@ -30,11 +30,13 @@ Settings = Sequence[tuple[str, str]]
 
 
 class SyncLane:
-    """One component's connection, kept between its operations."""
+    """One component's connection, kept between its operations (each in a transaction of its
+    own when ``transactional``)."""
 
-    def __init__(self, engine: Engine, setup: Settings) -> None:
+    def __init__(self, engine: Engine, setup: Settings, *, transactional: bool = False) -> None:
         self._engine = engine
         self._setup = tuple(setup)
+        self._transactional = transactional
         self._connection: Connection | None = None
 
     def run(self, operation: Operation[T]) -> T:
@@ -43,12 +45,17 @@ class SyncLane:
             try:
                 for name, value in self._setup:
                     connection.exec_driver_sql(f"SET {name} = {value}")
+                if connection.in_transaction():
+                    connection.commit()  # session settings outlive it
             except BaseException:
                 connection.invalidate()
                 connection.close()
                 raise
             self._connection = connection
         try:
+            if self._transactional:
+                with self._connection.begin():
+                    return run_sync(self._connection, operation)
             return run_sync(self._connection, operation)
         except BaseException:
             self.close(broken=True)
@@ -64,6 +71,8 @@ class SyncLane:
             else:
                 for name, _ in self._setup:
                     connection.exec_driver_sql(f"RESET {name}")
+                if connection.in_transaction():
+                    connection.commit()
         except Exception:
             connection.invalidate()
         finally:
@@ -71,9 +80,12 @@ class SyncLane:
 
 
 class AsyncLane:
-    def __init__(self, engine: AsyncEngine, setup: Settings) -> None:
+    def __init__(
+        self, engine: AsyncEngine, setup: Settings, *, transactional: bool = False
+    ) -> None:
         self._engine = engine
         self._setup = tuple(setup)
+        self._transactional = transactional
         self._connection: AsyncConnection | None = None
 
     async def run(self, operation: Operation[T]) -> T:
@@ -82,12 +94,17 @@ class AsyncLane:
             try:
                 for name, value in self._setup:
                     await connection.exec_driver_sql(f"SET {name} = {value}")
+                if connection.in_transaction():
+                    await connection.commit()  # session settings outlive it
             except BaseException:
                 await connection.invalidate()
                 await connection.close()
                 raise
             self._connection = connection
         try:
+            if self._transactional:
+                async with self._connection.begin():
+                    return await run_async(self._connection, operation)
             return await run_async(self._connection, operation)
         except BaseException:
             await self.close(broken=True)
@@ -104,6 +121,8 @@ class AsyncLane:
                 else:
                     for name, _ in self._setup:
                         await connection.exec_driver_sql(f"RESET {name}")
+                    if connection.in_transaction():
+                        await connection.commit()
             except Exception:
                 await connection.invalidate()
             finally:
@@ -126,26 +145,32 @@ class ThreadedLane:
 class SyncDatabase:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.transactional_engine = engine
         self.url = engine.url
 
     def run(self, operation: Operation[T]) -> T:
         with self.engine.connect() as connection:
             return run_sync(connection, operation)
 
-    def lane(self, setup: Settings = ()) -> SyncLane:
+    def lane(self, setup: Settings = (), *, transactional: bool = False) -> SyncLane:
+        if transactional:
+            return SyncLane(self.transactional_engine, setup, transactional=True)
         return SyncLane(self.engine, setup)
 
 
 class AsyncioDatabase:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.transactional_engine = engine
         self.url = engine.url
 
     async def run(self, operation: Operation[T]) -> T:
         async with self.engine.connect() as connection:
             return await run_async(connection, operation)
 
-    def lane(self, setup: Settings = ()) -> AsyncLane:
+    def lane(self, setup: Settings = (), *, transactional: bool = False) -> AsyncLane:
+        if transactional:
+            return AsyncLane(self.transactional_engine, setup, transactional=True)
         return AsyncLane(self.engine, setup)
 
 
@@ -158,8 +183,8 @@ class ThreadedDatabase:
     async def run(self, operation: Operation[T]) -> T:
         return await anyio.to_thread.run_sync(self._sync.run, operation, limiter=self._limiter)
 
-    def lane(self, setup: Settings = ()) -> ThreadedLane:
-        return ThreadedLane(self._sync.lane(setup), self._limiter)
+    def lane(self, setup: Settings = (), *, transactional: bool = False) -> ThreadedLane:
+        return ThreadedLane(self._sync.lane(setup, transactional=transactional), self._limiter)
 
 
 AsyncDatabase = AsyncioDatabase | ThreadedDatabase

@@ -27,6 +27,23 @@ class WorkerOptions:
     def task_names(self) -> list[str]:
         return sorted(self.tasks)
 
+    @property
+    def limited_tasks(self) -> list[str]:
+        """Tasks with a cluster-wide concurrency or rate limit: claimed under their limit rows."""
+        return sorted(n for n, d in self.tasks.items() if d.concurrency or d.rate_limit)
+
+    @property
+    def free_tasks(self) -> list[str]:
+        return sorted(set(self.tasks) - set(self.limited_tasks))
+
+    @property
+    def pacing(self) -> float | None:
+        """How soon to claim again after a rate-limited claim took jobs: the tightest spacing."""
+        spacings = [
+            d.rate_limit.period / d.rate_limit.count for d in self.tasks.values() if d.rate_limit
+        ]
+        return min(spacings) if spacings else None
+
 
 def worker_options(
     queue: Queue,

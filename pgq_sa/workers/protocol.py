@@ -7,6 +7,7 @@ Each function is an operation generator (see :mod:`pgq_sa.executors`): it yields
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -20,6 +21,7 @@ from pgq_sa.decisions import Outcome, finish_parameters
 from pgq_sa.executors import Operation
 from pgq_sa.job import Job
 from pgq_sa.statements import Statements
+from pgq_sa.tasks import TaskDefinition
 
 log = logging.getLogger("pgq_sa.worker")
 
@@ -113,6 +115,31 @@ def claim(
         rows = yield statements.claim, params
     else:
         rows = yield statements.claim_in_queues, {**params, "queues": list(queues)}
+    return _claimed(rows)
+
+
+def claim_limited(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+) -> Operation[list[Claimed]]:
+    """Claim jobs of tasks with cluster-wide limits; must run inside one transaction."""
+    yield statements.lock_limits, {"tasks": list(tasks)}
+    rows = yield (
+        statements.claim_limited,
+        {
+            "worker_id": worker_id,
+            "tasks": list(tasks),
+            "queues": list(queues) if queues is not None else None,
+            "limit": limit,
+        },
+    )
+    return _claimed(rows)
+
+
+def _claimed(rows: Sequence[Any]) -> list[Claimed]:
     return [
         Claimed(
             Job(
@@ -131,6 +158,26 @@ def claim(
         )
         for row in rows
     ]
+
+
+def upsert_limits(statements: Statements, definitions: Sequence[TaskDefinition]) -> Operation[bool]:
+    """Store the cluster-wide limits the worker's tasks declare."""
+    limited = [d for d in definitions if d.concurrency is not None or d.rate_limit is not None]
+    if limited:
+        yield (
+            statements.upsert_limits,
+            {
+                "tasks": json.dumps([d.name for d in limited]),
+                "concurrency": json.dumps([d.concurrency for d in limited]),
+                "rate_count": json.dumps(
+                    [d.rate_limit.count if d.rate_limit else None for d in limited]
+                ),
+                "rate_period": json.dumps(
+                    [d.rate_limit.period if d.rate_limit else None for d in limited]
+                ),
+            },
+        )
+    return True
 
 
 def finish(

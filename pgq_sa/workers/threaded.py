@@ -108,6 +108,7 @@ class ThreadWorker:
         self._db = SyncDatabase(self._engine)
         self._claim_lane = self._db.lane(CLAIM_SESSION)
         self._finish_lane = self._db.lane()
+        self._limited_lane = self._db.lane(CLAIM_SESSION, transactional=True)
         self.processed = 0
 
     @property
@@ -141,6 +142,8 @@ class ThreadWorker:
                     options.queues,
                     options.capacity,
                 ),
+            ) or not self._call(
+                "limits", partial(protocol.upsert_limits, statements, list(options.tasks.values()))
             ):
                 return
             self._timers.start()
@@ -214,7 +217,7 @@ class ThreadWorker:
     # --- fetcher (the calling thread) ------------------------------------------------------------
 
     def _fetch(self, until_empty: bool) -> None:
-        options, statements = self.options, self.queue.statements
+        options = self.options
         while not self._stopping.is_set():
             with self._lock:
                 while self._busy >= options.capacity and not self._stopping.is_set():
@@ -225,18 +228,7 @@ class ThreadWorker:
                 return
             limit = min(free, options.batch_size)
             self._wake.clear()
-            claimed = self._call(
-                "claim",
-                partial(
-                    protocol.claim,
-                    statements,
-                    self.identity.id,
-                    options.task_names,
-                    options.queues,
-                    limit,
-                ),
-                self._claim_lane,
-            )
+            claimed = self._claim(limit)
             if claimed is None:
                 continue
             if claimed:
@@ -257,6 +249,44 @@ class ThreadWorker:
                     log.info("no due job left: stopping (until_empty)")
                     return
             self._wake.wait(options.poll_interval)
+
+    def _claim(self, limit: int) -> list[Claimed] | None:
+        """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""
+        options, statements, worker_id = self.options, self.queue.statements, self.identity.id
+        claimed: list[Claimed] = []
+        if options.limited_tasks:
+            limited = self._call(
+                "claim",
+                partial(
+                    protocol.claim_limited,
+                    statements,
+                    worker_id,
+                    options.limited_tasks,
+                    options.queues,
+                    limit,
+                ),
+                self._limited_lane,
+            )
+            if limited is None:
+                return None
+            claimed.extend(limited)
+            if limited and options.pacing:
+                self._timers.call_later(options.pacing, self._wake.set)
+        if options.free_tasks and len(claimed) < limit:
+            free = self._call(
+                "claim",
+                partial(
+                    protocol.claim,
+                    statements,
+                    worker_id,
+                    options.free_tasks,
+                    options.queues,
+                    limit - len(claimed),
+                ),
+                self._claim_lane,
+            )
+            claimed.extend(free or ())
+        return claimed
 
     # --- handler threads -----------------------------------------------------------------------
 
@@ -330,6 +360,8 @@ class ThreadWorker:
                 self._writes += 1
                 self.processed += len(batch)
                 self._lock.notify_all()
+            if self.options.limited_tasks:
+                self._wake.set()  # a slot of a limited task may have freed up
             if finished is not None and finished.next_run_at is not None:
                 delay = finished.next_run_at.timestamp() - time.time()
                 if delay <= 0:
@@ -449,6 +481,7 @@ class ThreadWorker:
         completer.join()
         self._claim_lane.close()
         self._finish_lane.close()
+        self._limited_lane.close()
         statements = self.queue.statements
         self._closing.set()
         handed_back = self._call_once(lambda: protocol.hand_back(statements, self.identity.id))
