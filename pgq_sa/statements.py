@@ -521,8 +521,10 @@ SELECT done.id, done.state::text AS state, done.run_at,
 
 
 def _hand_back(tables: QueueTables) -> Executable:
-    """Give every job this worker still holds back to the queue, its attempt not counted, and
-    wake the other workers (used at shutdown for what did not finish in the grace period)."""
+    """Give the jobs this worker holds, except ``keep``, back to the queue, their attempt not
+    counted, and wake the other workers. At shutdown ``keep`` is empty (what did not finish in
+    the grace period goes back); after a failed claim it holds the jobs the worker knows about,
+    so jobs claimed by a statement whose answer was lost are returned."""
     s = tables.schema
     channel = notify_channel(s)
     return (
@@ -532,7 +534,7 @@ WITH back AS (
     UPDATE "{s}".jobs
        SET state = 'queued', worker_id = NULL, started_at = NULL,
            attempt = greatest(attempt - 1, 0), run_at = now()
-     WHERE state = 'running' AND worker_id = :worker_id
+     WHERE state = 'running' AND worker_id = :worker_id AND id <> ALL(:keep)
     RETURNING id, task
 )
 SELECT count(*) AS handed_back,
@@ -541,7 +543,10 @@ SELECT count(*) AS handed_back,
   FROM back HAVING count(*) > 0
 """
         )
-        .bindparams(bindparam("worker_id", type_=tables.jobs.c.worker_id.type))
+        .bindparams(
+            bindparam("worker_id", type_=tables.jobs.c.worker_id.type),
+            bindparam("keep", type_=ARRAY(BigInteger)),
+        )
         .columns(column("handed_back", BigInteger))
     )
 

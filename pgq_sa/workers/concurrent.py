@@ -186,6 +186,8 @@ class AsyncWorker:
         self._unwritten = 0
         self._writes = 0
         self._running: dict[int, Job] = {}
+        self._held: set[int] = set()
+        self._failures = 0
         self._thread_limiter = anyio.CapacityLimiter(self.options.capacity)
         send, receive = anyio.create_memory_object_stream[Outcome | None](math.inf)
         self._outcomes = send
@@ -264,6 +266,7 @@ class AsyncWorker:
             try:
                 return await run(operation())
             except (DBAPIError, psycopg.Error, OSError) as error:
+                self._failures += 1
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
                 log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
                 with anyio.move_on_after(delay):
@@ -305,6 +308,7 @@ class AsyncWorker:
             limit = min(options.capacity - self._busy, options.batch_size)
             writes_before = self._writes
             self._wake.clear()
+            failures = self._failures
             claimed = await self._claim(limit)
             if claimed is None:
                 continue
@@ -313,7 +317,19 @@ class AsyncWorker:
                 self._unwritten += len(claimed)
                 for item in claimed:
                     self._running[item.job.id] = item.job
+                    self._held.add(item.job.id)
                     self._handlers.start_soon(self._handle, item)
+            if self._failures != failures:
+                await self._call(
+                    "hand back",
+                    partial(
+                        protocol.hand_back,
+                        self.queue.statements,
+                        self.identity.id,
+                        sorted(self._held),
+                    ),
+                )
+            if claimed:
                 if len(claimed) == limit:
                     continue
             elif until_empty and self._busy == self._unwritten == 0 == self._writes - writes_before:
@@ -398,6 +414,7 @@ class AsyncWorker:
             self._slot_freed.set()
             if outcome is None or job.cancel_reason == "shutdown":
                 self._unwritten -= 1
+                self._held.discard(job.id)
             else:
                 self._outcomes.send_nowait(outcome)
 
@@ -448,6 +465,7 @@ class AsyncWorker:
                         self._finish_lane,
                     )
                     self._unwritten -= len(batch)
+                    self._held.difference_update(o.job_id for o in batch)
                     self._writes += 1
                     self.processed += len(batch)
                     self._slot_freed.set()

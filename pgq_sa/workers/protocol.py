@@ -200,9 +200,15 @@ def finish(
     return Finished(recorded, lost, min(retry_times) if retry_times else None)
 
 
-def hand_back(statements: Statements, worker_id: uuid.UUID) -> Operation[int]:
-    rows = yield statements.hand_back, {"worker_id": worker_id}
-    return int(rows[0].handed_back) if rows else 0
+def hand_back(
+    statements: Statements, worker_id: uuid.UUID, keep: Sequence[int] = ()
+) -> Operation[int]:
+    """Requeue the jobs this worker holds in the database, except ``keep``."""
+    rows = yield statements.hand_back, {"worker_id": worker_id, "keep": list(keep)}
+    handed_back = int(rows[0].handed_back) if rows else 0
+    if handed_back and keep:
+        log.warning("handed back %d jobs claimed by a statement whose answer was lost", handed_back)
+    return handed_back
 
 
 def next_run_at(statements: Statements, tasks: Sequence[str]) -> Operation[float | None]:

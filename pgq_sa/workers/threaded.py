@@ -101,6 +101,8 @@ class ThreadWorker:
         self._unwritten = 0
         self._writes = 0
         self._running: dict[int, Job] = {}
+        self._held: set[int] = set()  # claimed and not yet written (or dropped)
+        self._failures = 0
         self._work: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
         self._outcomes: queues_module.SimpleQueue[Outcome | None] = queues_module.SimpleQueue()
         self._portal: BlockingPortal | None = None
@@ -208,6 +210,7 @@ class ThreadWorker:
             try:
                 return run(operation())
             except (DBAPIError, psycopg.Error) as error:
+                self._failures += 1
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
                 log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
                 if self._closing.wait(delay) or self._force.is_set():
@@ -228,6 +231,7 @@ class ThreadWorker:
                 return
             limit = min(free, options.batch_size)
             self._wake.clear()
+            failures = self._failures
             claimed = self._claim(limit)
             if claimed is None:
                 continue
@@ -237,8 +241,12 @@ class ThreadWorker:
                     self._unwritten += len(claimed)
                     for item in claimed:
                         self._running[item.job.id] = item.job
+                        self._held.add(item.job.id)
                 for item in claimed:
                     self._work.put(item)
+            if self._failures != failures:
+                self._return_strays()
+            if claimed:
                 if len(claimed) == limit:
                     continue
             elif until_empty:
@@ -249,6 +257,14 @@ class ThreadWorker:
                     log.info("no due job left: stopping (until_empty)")
                     return
             self._wake.wait(options.poll_interval)
+
+    def _return_strays(self) -> None:
+        """After a failed claim: a claim may have committed though its answer was lost."""
+        with self._lock:
+            keep = sorted(self._held)
+        self._call(
+            "hand back", partial(protocol.hand_back, self.queue.statements, self.identity.id, keep)
+        )
 
     def _claim(self, limit: int) -> list[Claimed] | None:
         """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""
@@ -327,6 +343,7 @@ class ThreadWorker:
             self._busy -= 1
             if outcome is None:
                 self._unwritten -= 1
+                self._held.discard(job.id)
             self._lock.notify_all()
         if outcome is not None:
             self._outcomes.put(outcome)
@@ -357,6 +374,7 @@ class ThreadWorker:
             )
             with self._lock:
                 self._unwritten -= len(batch)
+                self._held.difference_update(o.job_id for o in batch)
                 self._writes += 1
                 self.processed += len(batch)
                 self._lock.notify_all()
