@@ -152,3 +152,37 @@ class QueueState:
 def list_queues(statements: Statements) -> Operation[list[QueueState]]:
     rows = yield statements.list_queues, None
     return [QueueState(r.name, r.paused, r.paused_at, r.queued, r.running) for r in rows]
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    name: str
+    expression: str
+    timezone: str
+    enabled: bool
+    missed: str
+    last_run: datetime | None
+    next_run: datetime | None
+    seen_at: datetime
+
+
+def list_schedules(statements: Statements) -> Operation[list[ScheduleState]]:
+    rows = yield statements.list_schedules, None
+    return [
+        ScheduleState(
+            r.name,
+            r.expression,
+            r.timezone,
+            r.enabled,
+            r.missed,
+            r.last_fire_at,
+            r.next_fire_at,
+            r.seen_at,
+        )
+        for r in rows
+    ]
+
+
+def set_schedule_enabled(statements: Statements, name: str, enabled: bool) -> Operation[bool]:
+    rows = yield statements.set_schedule_enabled, {"schedule": name, "switch": enabled}
+    return bool(rows)

@@ -16,6 +16,7 @@ from sqlalchemy import MetaData
 from pgq_sa import operations, validation
 from pgq_sa.executors import run_async, run_sync
 from pgq_sa.job import JobInfo, JobSpec
+from pgq_sa.scheduling import CronSchedule, cron_schedule
 from pgq_sa.schema import DEFAULT_SCHEMA, QueueTables, build_tables
 from pgq_sa.statements import Statements
 from pgq_sa.tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, TaskDefinition, define_task
@@ -50,6 +51,7 @@ class Queue:
         self.statements = Statements.build(self.tables)
         self.max_payload_bytes = validation._integer(max_payload_bytes, "max_payload_bytes")
         self._tasks: dict[str, TaskDefinition] = {}
+        self._schedules: dict[str, CronSchedule] = {}
 
     def __repr__(self) -> str:
         return f"Queue(schema={self.schema!r}, tasks={sorted(self._tasks)!r})"
@@ -106,6 +108,41 @@ class Queue:
 
         if callable(name):
             raise TypeError("use @queue.task() or @queue.task('name'), with parentheses")
+        return register
+
+    @property
+    def schedules(self) -> dict[str, CronSchedule]:
+        """Registered periodic schedules by name (a copy)."""
+        return dict(self._schedules)
+
+    def periodic(
+        self,
+        expression: str,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        missed: str = "latest",
+        catch_up_limit: int = 10,
+        **task_options: Any,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as a task that runs on a cron schedule.
+
+        ``expression`` has 5 fields (minute hour day month weekday) or 6 with the seconds first.
+        Each fire time becomes exactly one job (``job.scheduled_at``), whatever the number of
+        workers. ``missed`` says what happens to fire times missed while no worker ran:
+        ``"latest"`` (one run for the most recent), ``"skip"``, or ``"all"`` (up to
+        ``catch_up_limit``). Other keywords are those of :meth:`task`.
+        """
+
+        def register(handler: F) -> F:
+            task_name = name if name is not None else _default_name(handler)
+            schedule = cron_schedule(task_name, expression, timezone, missed, catch_up_limit)
+            if schedule.name in self._schedules:
+                raise ValueError(f"schedule {schedule.name!r} is already registered")
+            self.task(schedule.name, **task_options)(handler)
+            self._schedules[schedule.name] = schedule
+            return handler
+
         return register
 
     # --- validation ----------------------------------------------------------------------------

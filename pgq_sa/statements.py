@@ -123,6 +123,11 @@ class Statements:
     upsert_limits: Executable
     lock_limits: Executable
     claim_limited: Executable
+    upsert_schedules: Executable
+    touch_schedules: Executable
+    fire_schedule: Executable
+    list_schedules: Executable
+    set_schedule_enabled: Executable
 
     @classmethod
     def build(cls, tables: QueueTables) -> Statements:
@@ -151,6 +156,11 @@ class Statements:
             upsert_limits=_upsert_limits(tables),
             lock_limits=_lock_limits(tables),
             claim_limited=_claim_limited(tables),
+            upsert_schedules=_upsert_schedules(tables),
+            touch_schedules=_touch_schedules(tables),
+            fire_schedule=_fire_schedule(tables),
+            list_schedules=_list_schedules(tables),
+            set_schedule_enabled=_set_schedule_enabled(tables),
         )
 
 
@@ -776,4 +786,123 @@ SELECT claimed.*, (SELECT count(*) FROM paced) AS paced FROM claimed
             column("scheduled_at", DateTime(timezone=True)),
             column("cancel_requested", Boolean),
         )
+    )
+
+
+# --- periodic schedules ------------------------------------------------------------------------
+
+_SCHEDULE_COLUMNS = (
+    column("name", Text),
+    column("enabled", Boolean),
+    column("last_fire_at", DateTime(timezone=True)),
+    column("updated_at", DateTime(timezone=True)),
+)
+
+
+def _upsert_schedules(tables: QueueTables) -> Executable:
+    """Record the schedules a worker's code declares; a changed definition restarts its baseline.
+    ``enabled`` (the operator's switch) and the last fire time are kept."""
+    s = tables.schema
+    return (
+        text(
+            f"""
+INSERT INTO "{s}".schedules AS c (name, task, expression, timezone, missed, next_fire_at)
+SELECT t.name, t.name, t.expression, t.timezone, t.missed, t.next_fire_at::timestamptz
+  FROM ROWS FROM (
+         json_array_elements_text(CAST(:names AS json)),
+         json_array_elements_text(CAST(:expressions AS json)),
+         json_array_elements_text(CAST(:timezones AS json)),
+         json_array_elements_text(CAST(:missed AS json)),
+         json_array_elements_text(CAST(:next_fire_at AS json))
+       ) AS t(name, expression, timezone, missed, next_fire_at)
+ON CONFLICT (name) DO UPDATE
+   SET seen_at = now(),
+       next_fire_at = CASE WHEN c.enabled THEN excluded.next_fire_at END,
+       updated_at = CASE WHEN (c.expression, c.timezone, c.missed)
+                              IS DISTINCT FROM (excluded.expression, excluded.timezone,
+                                                excluded.missed)
+                         THEN now() ELSE c.updated_at END,
+       expression = excluded.expression, timezone = excluded.timezone, missed = excluded.missed
+RETURNING c.name, c.enabled, c.last_fire_at, c.updated_at
+"""
+        )
+        .bindparams(
+            *(
+                bindparam(name, type_=Text)
+                for name in ("names", "expressions", "timezones", "missed", "next_fire_at")
+            )
+        )
+        .columns(*_SCHEDULE_COLUMNS)
+    )
+
+
+def _touch_schedules(tables: QueueTables) -> Executable:
+    """A worker still declares these schedules; read back their switch and last fire time."""
+    schedules = tables.schedules
+    return (
+        update(schedules)
+        .where(schedules.c.name == func.any(bindparam("names", type_=ARRAY(Text))))
+        .values(seen_at=func.now())
+        .returning(
+            schedules.c.name, schedules.c.enabled, schedules.c.last_fire_at, schedules.c.updated_at
+        )
+    )
+
+
+def _fire_schedule(tables: QueueTables) -> Executable:
+    """Enqueue the job of one fire time, exactly once however many workers try.
+
+    The schedule row's ``last_fire_at`` only moves forward, under its row lock, so a second
+    worker waiting on the lock finds the fire time taken and inserts nothing; the unique index
+    on (schedule, scheduled_at) backs that up.
+    """
+    s = tables.schema
+    return (
+        text(
+            f"""
+WITH fired AS (
+    UPDATE "{s}".schedules
+       SET last_fire_at = :fire_at, next_fire_at = :next_fire_at
+     WHERE name = :name AND enabled AND (last_fire_at IS NULL OR last_fire_at < :fire_at)
+    RETURNING name
+)
+INSERT INTO "{s}".jobs (task, queue, priority, max_attempts, run_at, schedule, scheduled_at)
+SELECT :name, :queue, :priority, :max_attempts, :fire_at, :name, :fire_at FROM fired
+ON CONFLICT (schedule, scheduled_at) WHERE schedule IS NOT NULL DO NOTHING
+RETURNING id
+"""
+        )
+        .bindparams(
+            bindparam("name", type_=Text),
+            bindparam("queue", type_=Text),
+            bindparam("priority", type_=SmallInteger),
+            bindparam("max_attempts", type_=Integer),
+            bindparam("fire_at", type_=DateTime(timezone=True)),
+            bindparam("next_fire_at", type_=DateTime(timezone=True)),
+        )
+        .columns(column("id", BigInteger))
+    )
+
+
+def _list_schedules(tables: QueueTables) -> Executable:
+    schedules = tables.schedules
+    return select(
+        schedules.c.name,
+        schedules.c.expression,
+        schedules.c.timezone,
+        schedules.c.enabled,
+        schedules.c.missed,
+        schedules.c.last_fire_at,
+        schedules.c.next_fire_at,
+        schedules.c.seen_at,
+    ).order_by(schedules.c.name)
+
+
+def _set_schedule_enabled(tables: QueueTables) -> Executable:
+    schedules = tables.schedules
+    return (
+        update(schedules)
+        .where(schedules.c.name == bindparam("schedule", type_=Text))
+        .values(enabled=bindparam("switch", type_=Boolean), updated_at=func.now())
+        .returning(schedules.c.name)
     )

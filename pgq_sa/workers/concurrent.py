@@ -39,7 +39,7 @@ from pgq_sa.executors import Operation
 from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
-from pgq_sa.workers import protocol
+from pgq_sa.workers import protocol, scheduler
 from pgq_sa.workers.database import (
     CLAIM_SESSION,
     AsyncDatabase,
@@ -52,6 +52,7 @@ from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
 from pgq_sa.workers.protocol import Claimed, Identity
+from pgq_sa.workers.scheduler import now_utc
 from pgq_sa.workers.threaded import (
     _MAX_FINISH_BATCH,
     _RECONNECT_DELAYS,
@@ -224,6 +225,8 @@ class AsyncWorker:
                 services.start_soon(self._heartbeat)
                 services.start_soon(self._listen)
                 services.start_soon(self._maintain)
+                if self.queue.schedules:
+                    services.start_soon(self._schedule)
                 if threading.current_thread() is threading.main_thread():
                     services.start_soon(self._watch_signals)
                 async with anyio.create_task_group() as handlers:
@@ -532,6 +535,23 @@ class AsyncWorker:
                 )
                 if not removed or removed < PRUNE_BATCH:
                     break
+
+    async def _schedule(self) -> None:
+        """Enqueue each due fire time of the queue's cron schedules (once, cluster-wide)."""
+        statements, options = self.queue.statements, self.options
+        state = scheduler.SchedulerState(self.queue.schedules, options.tasks)
+        if not await self._call(
+            "schedules", partial(scheduler.upsert, statements, state, now_utc())
+        ):
+            return
+        touched = time.monotonic()
+        while not self._stopping:
+            if time.monotonic() - touched >= options.heartbeat_interval:
+                await self._call("schedules", partial(scheduler.touch, statements, state))
+                touched = time.monotonic()
+            await self._call("fire", partial(scheduler.fire_due, statements, state, now_utc()))
+            with anyio.move_on_after(state.next_wake(now_utc())):
+                await self._closing.wait()
 
     def _cancel(self, job_ids: Iterable[int]) -> None:
         for job_id in job_ids:

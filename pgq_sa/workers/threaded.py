@@ -32,12 +32,13 @@ from pgq_sa.executors import Operation
 from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
-from pgq_sa.workers import protocol
+from pgq_sa.workers import protocol, scheduler
 from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase, SyncLane
 from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
 from pgq_sa.workers.protocol import Claimed, Identity
+from pgq_sa.workers.scheduler import now_utc
 from pgq_sa.workers.timers import TimerThread
 
 log = logging.getLogger("pgq_sa.worker")
@@ -155,6 +156,8 @@ class ThreadWorker:
             heartbeater = self._start(self._heartbeat, "heartbeat")
             listener = self._start(self._listen, "listener")
             maintenance = self._start(self._maintain, "maintenance")
+            if self.queue.schedules:
+                threads.append(self._start(self._schedule, "scheduler"))
             log.info(
                 "worker %s started: %d threads, tasks %s",
                 self.identity.name,
@@ -427,6 +430,20 @@ class ThreadWorker:
                 )
                 if not removed or removed < PRUNE_BATCH:
                     break
+
+    def _schedule(self) -> None:
+        """Enqueue each due fire time of the queue's cron schedules (once, cluster-wide)."""
+        statements, options = self.queue.statements, self.options
+        state = scheduler.SchedulerState(self.queue.schedules, options.tasks)
+        if not self._call("schedules", partial(scheduler.upsert, statements, state, now_utc())):
+            return
+        touched = time.monotonic()
+        while not self._stopping.is_set():
+            if time.monotonic() - touched >= options.heartbeat_interval:
+                self._call("schedules", partial(scheduler.touch, statements, state))
+                touched = time.monotonic()
+            self._call("fire", partial(scheduler.fire_due, statements, state, now_utc()))
+            self._stopping.wait(state.next_wake(now_utc()))
 
     def _cancel(self, job_ids: Iterable[int]) -> None:
         with self._lock:
