@@ -267,7 +267,11 @@ class AsyncWorker:
         run = lane.run if lane is not None else self._db.run
         for attempt in range(10**9):
             try:
-                return await run(operation())
+                # Shielded: a statement in flight finishes (or fails) before the task may be
+                # cancelled, so no pooled connection is abandoned half-way.
+                with anyio.CancelScope(shield=True):
+                    result = await run(operation())
+                return result
             except (DBAPIError, psycopg.Error, OSError) as error:
                 self._failures += 1
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
@@ -280,7 +284,9 @@ class AsyncWorker:
 
     async def _call_once(self, operation: Callable[[], Operation[T]]) -> T | None:
         try:
-            return await self._db.run(operation())
+            with anyio.CancelScope(shield=True):
+                result = await self._db.run(operation())
+            return result
         except (DBAPIError, psycopg.Error, OSError) as error:
             log.warning("at shutdown: %s (rescue will recover any held jobs)", _brief(error))
             return None
