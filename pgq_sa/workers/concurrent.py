@@ -271,7 +271,7 @@ class AsyncWorker:
                 # cancelled, so no pooled connection is abandoned half-way.
                 with anyio.CancelScope(shield=True):
                     result = await run(operation())
-                return result
+                return result  # noqa: RET504 - mypy: a CancelScope may swallow
             except (DBAPIError, psycopg.Error, OSError) as error:
                 self._failures += 1
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
@@ -286,7 +286,7 @@ class AsyncWorker:
         try:
             with anyio.CancelScope(shield=True):
                 result = await self._db.run(operation())
-            return result
+            return result  # noqa: RET504 - mypy: a CancelScope may swallow
         except (DBAPIError, psycopg.Error, OSError) as error:
             log.warning("at shutdown: %s (rescue will recover any held jobs)", _brief(error))
             return None
