@@ -45,8 +45,10 @@ from pgq_sa.workers.database import (
     AsyncDatabase,
     AsyncioDatabase,
     AsyncLane,
+    FetchLanes,
     ThreadedDatabase,
     ThreadedLane,
+    fetcher_count,
 )
 from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
@@ -174,9 +176,13 @@ class AsyncWorker:
         """Work until stopped; with ``until_empty`` return once nothing due is left."""
         backend = sniffio.current_async_library()
         self._db, dispose = self._database(backend)
-        self._claim_lane = self._db.lane(CLAIM_SESSION)
+        self._fetch_lanes = [
+            FetchLanes(
+                self._db.lane(CLAIM_SESSION), self._db.lane(CLAIM_SESSION, transactional=True)
+            )
+            for _ in range(fetcher_count(self.options))
+        ]
         self._finish_lane = self._db.lane()
-        self._limited_lane = self._db.lane(CLAIM_SESSION, transactional=True)
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._stopping = False
@@ -239,9 +245,10 @@ class AsyncWorker:
                 with anyio.CancelScope(shield=True):
                     await self._outcomes.send(None)
                     await self._completer_done.wait()
-                    await self._claim_lane.close()
+                    for lanes in self._fetch_lanes:
+                        await lanes.claim.close()
+                        await lanes.limited.close()
                     await self._finish_lane.close()
-                    await self._limited_lane.close()
                     self._closing.set()
                     handed_back = await self._call_once(
                         lambda: protocol.hand_back(statements, self.identity.id)
@@ -307,6 +314,16 @@ class AsyncWorker:
     # --- fetcher -------------------------------------------------------------------------------
 
     async def _fetch(self, until_empty: bool) -> None:
+        async with anyio.create_task_group() as fetchers:
+            for lanes in self._fetch_lanes:
+                fetchers.start_soon(self._fetch_with, until_empty, lanes)
+
+    async def _fetch_with(self, until_empty: bool, lanes: FetchLanes[Any]) -> None:
+        """One fetcher: reserve free slots, claim up to that many, start their handlers, repeat.
+
+        Several fetchers run at once (each on its own connection) so that claims overlap and
+        share commit flushes; the reservation keeps them from over-filling the concurrency.
+        """
         options = self.options
         while not self._stopping:
             while self._busy >= options.capacity and not self._stopping:
@@ -315,19 +332,17 @@ class AsyncWorker:
             if self._stopping:
                 return
             limit = min(options.capacity - self._busy, options.batch_size)
+            self._busy += limit  # reserved until the claim answers
             writes_before = self._writes
             self._wake.clear()
             failures = self._failures
-            claimed = await self._claim(limit)
-            if claimed is None:
-                continue
-            if claimed:
-                self._busy += len(claimed)
-                self._unwritten += len(claimed)
-                for item in claimed:
-                    self._running[item.job.id] = item.job
-                    self._held.add(item.job.id)
-                    self._handlers.start_soon(self._handle, item)
+            claimed = await self._claim(limit, lanes) or []
+            self._busy -= limit - len(claimed)
+            self._unwritten += len(claimed)
+            for item in claimed:
+                self._running[item.job.id] = item.job
+                self._held.add(item.job.id)
+                self._handlers.start_soon(self._handle, item)
             if self._failures != failures:
                 await self._call(
                     "hand back",
@@ -343,10 +358,11 @@ class AsyncWorker:
                     continue
             elif until_empty and self._busy == self._unwritten == 0 == self._writes - writes_before:
                 log.info("no due job left: stopping (until_empty)")
+                self._begin_stop()
                 return
             await self._wake.wait(options.poll_interval)
 
-    async def _claim(self, limit: int) -> list[Claimed] | None:
+    async def _claim(self, limit: int, lanes: FetchLanes[Any]) -> list[Claimed] | None:
         """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""
         options, statements, worker_id = self.options, self.queue.statements, self.identity.id
         claimed: list[Claimed] = []
@@ -361,7 +377,7 @@ class AsyncWorker:
                     options.queues,
                     limit,
                 ),
-                self._limited_lane,
+                lanes.limited,
             )
             if limited is None:
                 return None
@@ -379,7 +395,7 @@ class AsyncWorker:
                     options.queues,
                     limit - len(claimed),
                 ),
-                self._claim_lane,
+                lanes.claim,
             )
             claimed.extend(free or ())
         return claimed

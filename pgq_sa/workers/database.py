@@ -16,6 +16,8 @@ job. The setting is reset before the connection goes back to a shared pool.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -23,6 +25,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgq_sa.executors import Operation, T, run_async, run_sync
+
+if TYPE_CHECKING:
+    from pgq_sa.workers.options import WorkerOptions
 
 # Session settings of the claim lane, as (name, value); each is RESET when the lane closes.
 CLAIM_SESSION = (("enable_bitmapscan", "off"),)
@@ -188,3 +193,19 @@ class ThreadedDatabase:
 
 
 AsyncDatabase = AsyncioDatabase | ThreadedDatabase
+LaneT = TypeVar("LaneT")
+MAX_FETCHERS = 8
+
+
+@dataclass(frozen=True)
+class FetchLanes(Generic[LaneT]):
+    """The two connections of one fetcher: plain claims, and claims of limited tasks."""
+
+    claim: LaneT
+    limited: LaneT
+
+
+def fetcher_count(options: WorkerOptions) -> int:
+    """How many fetchers claim at once: enough to fill the handler slots a batch at a time
+    (overlapping claims share commit flushes), at most ``MAX_FETCHERS``."""
+    return max(1, min(MAX_FETCHERS, -(-options.capacity // options.batch_size)))

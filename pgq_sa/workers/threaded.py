@@ -33,7 +33,7 @@ from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
 from pgq_sa.workers import protocol, scheduler
-from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase, SyncLane
+from pgq_sa.workers.database import CLAIM_SESSION, FetchLanes, SyncDatabase, SyncLane, fetcher_count
 from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
@@ -109,9 +109,13 @@ class ThreadWorker:
         self._portal: BlockingPortal | None = None
         self._timers = TimerThread()
         self._db = SyncDatabase(self._engine)
-        self._claim_lane = self._db.lane(CLAIM_SESSION)
+        self._fetch_lanes = [
+            FetchLanes(
+                self._db.lane(CLAIM_SESSION), self._db.lane(CLAIM_SESSION, transactional=True)
+            )
+            for _ in range(fetcher_count(self.options))
+        ]
         self._finish_lane = self._db.lane()
-        self._limited_lane = self._db.lane(CLAIM_SESSION, transactional=True)
         self.processed = 0
 
     @property
@@ -164,8 +168,10 @@ class ThreadWorker:
                 options.capacity,
                 ", ".join(options.task_names),
             )
+            for lanes in self._fetch_lanes[1:]:
+                threads.append(self._start(partial(self._fetch, until_empty, lanes), "fetcher"))
             try:
-                self._fetch(until_empty)
+                self._fetch(until_empty, self._fetch_lanes[0])
             finally:
                 self._shut_down(threads, completer, heartbeater, listener)
                 maintenance.join()
@@ -222,31 +228,34 @@ class ThreadWorker:
 
     # --- fetcher (the calling thread) ------------------------------------------------------------
 
-    def _fetch(self, until_empty: bool) -> None:
+    def _fetch(self, until_empty: bool, lanes: FetchLanes[SyncLane]) -> None:
+        """One fetcher: reserve free handler slots, claim up to that many, dispatch, repeat.
+
+        Several fetchers run at once (each on its own connection) so that claims overlap and
+        share commit flushes; a reservation keeps them from over-filling the handler slots.
+        """
         options = self.options
         while not self._stopping.is_set():
             with self._lock:
                 while self._busy >= options.capacity and not self._stopping.is_set():
                     self._lock.wait(options.poll_interval)
-                free = options.capacity - self._busy
+                if self._stopping.is_set():
+                    return
+                limit = min(options.capacity - self._busy, options.batch_size)
+                self._busy += limit  # reserved until the claim answers
                 writes_before = self._writes
-            if self._stopping.is_set():
-                return
-            limit = min(free, options.batch_size)
             self._wake.clear()
             failures = self._failures
-            claimed = self._claim(limit)
-            if claimed is None:
-                continue
-            if claimed:
-                with self._lock:
-                    self._busy += len(claimed)
-                    self._unwritten += len(claimed)
-                    for item in claimed:
-                        self._running[item.job.id] = item.job
-                        self._held.add(item.job.id)
+            claimed = self._claim(limit, lanes) or []
+            with self._lock:
+                self._busy -= limit - len(claimed)
+                self._unwritten += len(claimed)
                 for item in claimed:
-                    self._work.put(item)
+                    self._running[item.job.id] = item.job
+                    self._held.add(item.job.id)
+                self._lock.notify_all()
+            for item in claimed:
+                self._work.put(item)
             if self._failures != failures:
                 self._return_strays()
             if claimed:
@@ -258,6 +267,7 @@ class ThreadWorker:
                     settled = self._writes == writes_before
                 if idle and settled:
                     log.info("no due job left: stopping (until_empty)")
+                    self.stop()
                     return
             self._wake.wait(options.poll_interval)
 
@@ -269,7 +279,7 @@ class ThreadWorker:
             "hand back", partial(protocol.hand_back, self.queue.statements, self.identity.id, keep)
         )
 
-    def _claim(self, limit: int) -> list[Claimed] | None:
+    def _claim(self, limit: int, lanes: FetchLanes[SyncLane]) -> list[Claimed] | None:
         """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""
         options, statements, worker_id = self.options, self.queue.statements, self.identity.id
         claimed: list[Claimed] = []
@@ -284,7 +294,7 @@ class ThreadWorker:
                     options.queues,
                     limit,
                 ),
-                self._limited_lane,
+                lanes.limited,
             )
             if limited is None:
                 return None
@@ -302,7 +312,7 @@ class ThreadWorker:
                     options.queues,
                     limit - len(claimed),
                 ),
-                self._claim_lane,
+                lanes.claim,
             )
             claimed.extend(free or ())
         return claimed
@@ -514,9 +524,10 @@ class ThreadWorker:
             self._work.put(None)
         self._outcomes.put(None)
         completer.join()
-        self._claim_lane.close()
+        for lanes in self._fetch_lanes:
+            lanes.claim.close()
+            lanes.limited.close()
         self._finish_lane.close()
-        self._limited_lane.close()
         statements = self.queue.statements
         self._closing.set()
         handed_back = self._call_once(lambda: protocol.hand_back(statements, self.identity.id))
