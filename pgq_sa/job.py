@@ -90,33 +90,49 @@ class Job:
     queue: str
     created_at: datetime
     scheduled_at: datetime | None = None
-    _cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
-    _cancel_callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
     cancel_reason: str | None = field(default=None, repr=False)
+    _cancel_callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _cancel_event: threading.Event | None = field(default=None, repr=False)
 
     @property
     def cancelled(self) -> bool:
         """True once cancellation (or the timeout) was requested; sync handlers should poll it."""
-        return self._cancel_event.is_set()
+        return self.cancel_reason is not None
 
     def request_cancel(self, reason: str) -> None:
         """Ask the handler to stop (``reason``: "cancel", "timeout" or "shutdown"); idempotent."""
-        if self._cancel_event.is_set():
-            return
-        self.cancel_reason = reason
-        self._cancel_event.set()
-        for callback in self._cancel_callbacks:
+        with _CANCEL_LOCK:
+            if self.cancel_reason is not None:
+                return
+            self.cancel_reason = reason
+            event, callbacks = self._cancel_event, list(self._cancel_callbacks)
+        if event is not None:
+            event.set()
+        for callback in callbacks:
             callback()
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (from whichever thread cancels) once cancellation is requested."""
-        self._cancel_callbacks.append(callback)
-        if self._cancel_event.is_set():
+        with _CANCEL_LOCK:
+            self._cancel_callbacks.append(callback)
+            already = self.cancel_reason is not None
+        if already:
             callback()
 
     def wait_cancelled(self, timeout: float | None = None) -> bool:
         """Block up to ``timeout`` seconds until cancellation is requested; True if it was."""
-        return self._cancel_event.wait(timeout)
+        with _CANCEL_LOCK:
+            if self.cancel_reason is not None:
+                return True
+            if self._cancel_event is None:
+                self._cancel_event = threading.Event()
+            event = self._cancel_event
+        return event.wait(timeout)
+
+
+# One lock for the rare cancellation bookkeeping of every job: creating a lock (or an Event)
+# per job costs more than the whole claim of a no-op job.
+_CANCEL_LOCK = threading.Lock()
 
 
 class Retry(Exception):
