@@ -124,6 +124,14 @@ class AsyncWorker:
         self.queue = queue
         self._bind = bind
         self.identity = Identity.new(self.kind, name)
+        self._register = partial(
+            protocol.register,
+            queue.statements,
+            self.identity,
+            self.options.task_names,
+            self.options.queues,
+            self.options.capacity,
+        )
         self.processed = 0
         self._stop_requested = threading.Event()
         self._token: Any = None
@@ -206,13 +214,7 @@ class AsyncWorker:
         try:
             registered = await self._call(
                 "register",
-                lambda: protocol.register(
-                    statements,
-                    self.identity,
-                    options.task_names,
-                    options.queues,
-                    options.capacity,
-                ),
+                self._register,
             )
             if registered is None or not await self._call(
                 "limits", partial(protocol.upsert_limits, statements, list(options.tasks.values()))
@@ -528,13 +530,7 @@ class AsyncWorker:
                 log.warning("worker %s: its row was gone; registering again", self.identity.name)
                 await self._call(
                     "register",
-                    lambda: protocol.register(
-                        statements,
-                        self.identity,
-                        options.task_names,
-                        options.queues,
-                        options.capacity,
-                    ),
+                    self._register,
                 )
             self._cancel(beat.cancel)
 

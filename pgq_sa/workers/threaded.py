@@ -93,6 +93,14 @@ class ThreadWorker:
         self.queue = queue
         self._engine, self._owns_engine = sync_engine(bind)
         self.identity = Identity.new(self.kind, name)
+        self._register = partial(
+            protocol.register,
+            queue.statements,
+            self.identity,
+            self.options.task_names,
+            self.options.queues,
+            self.options.capacity,
+        )
         self._stopping = threading.Event()
         self._force = threading.Event()
         self._closing = threading.Event()
@@ -142,13 +150,7 @@ class ThreadWorker:
                 self._portal = stack.enter_context(start_blocking_portal("asyncio"))
             if not self._call(
                 "register",
-                lambda: protocol.register(
-                    statements,
-                    self.identity,
-                    options.task_names,
-                    options.queues,
-                    options.capacity,
-                ),
+                self._register,
             ) or not self._call(
                 "limits", partial(protocol.upsert_limits, statements, list(options.tasks.values()))
             ):
@@ -412,13 +414,7 @@ class ThreadWorker:
                 log.warning("worker %s: its row was gone; registering again", self.identity.name)
                 self._call(
                     "register",
-                    lambda: protocol.register(
-                        statements,
-                        self.identity,
-                        options.task_names,
-                        options.queues,
-                        options.capacity,
-                    ),
+                    self._register,
                 )
             self._cancel(beat.cancel)
 
