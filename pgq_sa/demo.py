@@ -132,8 +132,8 @@ def run_demo(engine: Engine, schema: str, jobs: int) -> None:
             text(f"SELECT error->>'message' FROM \"{schema}\".jobs WHERE state = 'failed' LIMIT 1")
         ).scalar()
     click.echo(
-        f"\n{total} jobs finished in {elapsed:.2f}s, retry backoff included "
-        f"by {by_worker[1]} workers (threads and asyncio)"
+        f"\n{total} jobs finished in {elapsed:.2f}s ({total / elapsed:,.0f} jobs/s, the retries' "
+        f"backoff included) by {by_worker[1]} workers (threads and asyncio)"
     )
     click.echo(f"{'task':<18}{'state':<12}{'jobs':>6}{'attempts':>10}")
     for task, state, count, attempts in rows:
