@@ -156,6 +156,7 @@ class AsyncWorker:
     def _begin_stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        self._backlog.set()
         self._slot_freed.set()
 
     # --- running -------------------------------------------------------------------------------
@@ -196,6 +197,8 @@ class AsyncWorker:
         self._stopping = False
         self._closing = anyio.Event()
         self._wake = _Wakeup()
+        self._backlog = _Wakeup()
+        self._until_empty = until_empty
         self._slot_freed = _Wakeup()
         self._busy = 0
         self._unwritten = 0
@@ -317,14 +320,16 @@ class AsyncWorker:
 
     async def _fetch(self, until_empty: bool) -> None:
         async with anyio.create_task_group() as fetchers:
-            for lanes in self._fetch_lanes:
-                fetchers.start_soon(self._fetch_with, until_empty, lanes)
+            for number, lanes in enumerate(self._fetch_lanes):
+                fetchers.start_soon(self._fetch_with, until_empty, lanes, number == 0)
 
-    async def _fetch_with(self, until_empty: bool, lanes: FetchLanes[Any]) -> None:
+    async def _fetch_with(self, until_empty: bool, lanes: FetchLanes[Any], leader: bool) -> None:
         """One fetcher: reserve free slots, claim up to that many, start their handlers, repeat.
 
         Several fetchers run at once (each on its own connection) so that claims overlap and
-        share commit flushes; the reservation keeps them from over-filling the concurrency.
+        share commit flushes; the reservation keeps them from over-filling the concurrency. Only
+        the leader answers wake-ups; the others join while claims come back full (a backlog), so
+        one NOTIFY costs one claim.
         """
         options = self.options
         while not self._stopping:
@@ -336,7 +341,8 @@ class AsyncWorker:
             limit = min(options.capacity - self._busy, options.batch_size)
             self._busy += limit  # reserved until the claim answers
             writes_before = self._writes
-            self._wake.clear()
+            if leader:
+                self._wake.clear()
             failures = self._failures
             claimed = await self._claim(limit, lanes) or []
             self._busy -= limit - len(claimed)
@@ -355,10 +361,18 @@ class AsyncWorker:
                         sorted(self._held),
                     ),
                 )
-            if claimed:
-                if len(claimed) == limit:
-                    continue
-            elif until_empty and self._busy == self._unwritten == 0 == self._writes - writes_before:
+            if len(claimed) == limit:
+                self._backlog.set()
+                continue
+            self._backlog.clear()
+            if not leader:
+                await self._backlog.wait(options.poll_interval)
+                continue
+            if (
+                until_empty
+                and not claimed
+                and self._busy == self._unwritten == 0 == self._writes - writes_before
+            ):
                 log.info("no due job left: stopping (until_empty)")
                 self._begin_stop()
                 return
@@ -494,6 +508,8 @@ class AsyncWorker:
                     self._unwritten -= len(batch)
                     self._held.difference_update(o.job_id for o in batch)
                     self._writes += 1
+                    if self._until_empty:
+                        self._wake.set()  # the fetcher re-checks for "empty" after every write
                     self.processed += len(batch)
                     self._slot_freed.set()
                     if self.options.limited_tasks:

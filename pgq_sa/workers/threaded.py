@@ -105,6 +105,8 @@ class ThreadWorker:
         self._force = threading.Event()
         self._closing = threading.Event()
         self._wake = threading.Event()
+        self._backlog = threading.Event()
+        self._until_empty = False
         self._lock = threading.Condition()
         self._busy = 0
         self._unwritten = 0
@@ -134,6 +136,7 @@ class ThreadWorker:
         """Stop claiming, let running jobs finish (within ``shutdown_timeout``); any thread."""
         self._stopping.set()
         self._wake.set()
+        self._backlog.set()
         with self._lock:
             self._lock.notify_all()
 
@@ -170,8 +173,10 @@ class ThreadWorker:
                 options.capacity,
                 ", ".join(options.task_names),
             )
+            self._until_empty = until_empty
             for lanes in self._fetch_lanes[1:]:
-                threads.append(self._start(partial(self._fetch, until_empty, lanes), "fetcher"))
+                follower = partial(self._fetch, until_empty, lanes, False)
+                threads.append(self._start(follower, "fetcher"))
             try:
                 self._fetch(until_empty, self._fetch_lanes[0])
             finally:
@@ -230,11 +235,13 @@ class ThreadWorker:
 
     # --- fetcher (the calling thread) ------------------------------------------------------------
 
-    def _fetch(self, until_empty: bool, lanes: FetchLanes[SyncLane]) -> None:
+    def _fetch(self, until_empty: bool, lanes: FetchLanes[SyncLane], leader: bool = True) -> None:
         """One fetcher: reserve free handler slots, claim up to that many, dispatch, repeat.
 
         Several fetchers run at once (each on its own connection) so that claims overlap and
-        share commit flushes; a reservation keeps them from over-filling the handler slots.
+        share commit flushes; a reservation keeps them from over-filling the handler slots. Only
+        the leader answers wake-ups; the others join while claims come back full (a backlog), so
+        one NOTIFY costs one claim.
         """
         options = self.options
         while not self._stopping.is_set():
@@ -246,7 +253,8 @@ class ThreadWorker:
                 limit = min(options.capacity - self._busy, options.batch_size)
                 self._busy += limit  # reserved until the claim answers
                 writes_before = self._writes
-            self._wake.clear()
+            if leader:
+                self._wake.clear()
             failures = self._failures
             claimed = self._claim(limit, lanes) or []
             with self._lock:
@@ -260,10 +268,14 @@ class ThreadWorker:
                 self._work.put(item)
             if self._failures != failures:
                 self._return_strays()
-            if claimed:
-                if len(claimed) == limit:
-                    continue
-            elif until_empty:
+            if len(claimed) == limit:
+                self._backlog.set()
+                continue
+            self._backlog.clear()
+            if not leader:
+                self._backlog.wait(options.poll_interval)
+                continue
+            if until_empty and not claimed:
                 with self._lock:
                     idle = self._busy == 0 and self._unwritten == 0
                     settled = self._writes == writes_before
@@ -391,6 +403,8 @@ class ThreadWorker:
                 self._unwritten -= len(batch)
                 self._held.difference_update(o.job_id for o in batch)
                 self._writes += 1
+                if self._until_empty:
+                    self._wake.set()  # the fetcher re-checks for "empty" after every write
                 self.processed += len(batch)
                 self._lock.notify_all()
             if self.options.limited_tasks:
