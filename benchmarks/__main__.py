@@ -1,0 +1,179 @@
+"""``python -m benchmarks SCENARIO [options]``: pgq_sa's benchmarks, optionally beside PgQueuer.
+
+Every run creates a scratch database ``pgq_sa_bench_<random>`` on the server of
+``--database-url`` (default ``PGQ_SA_DATABASE_URL``, else the local server) and drops it at the
+end. Tables go to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from benchmarks import machine, ours
+from benchmarks.context import Context
+from benchmarks.progress import Progress
+from benchmarks.scenarios import bulk, drain, growth, suite, wakeup
+from benchmarks.scratch import LOCAL_SERVER, URL_VARIABLE, default_server_url, scratch_database
+from benchmarks.stats import STATISTICS
+
+
+def _kinds(value: str) -> tuple[str, ...]:
+    return ours.KINDS if value == "all" else (value,)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        default=default_server_url(),
+        help=f"server to create the scratch database on (default: ${URL_VARIABLE}, "
+        f"else {LOCAL_SERVER})",
+    )
+    kind = argparse.ArgumentParser(add_help=False)
+    kind.add_argument(
+        "--kind", choices=(*ours.KINDS, "all"), default="all", help="worker kind (default: all)"
+    )
+    peer = argparse.ArgumentParser(add_help=False)
+    peer.add_argument(
+        "--peer", choices=("pgqueuer",), default=None, help="also run PgQueuer 1.6.0 and compare"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=(__doc__ or "").splitlines()[0]
+    )
+    scenarios = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
+
+    p = scenarios.add_parser(
+        "drain", parents=[common, kind, peer], help="drain N pre-enqueued no-op jobs"
+    )
+    p.add_argument("--jobs", type=int, default=30_000)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each drain")
+    p.add_argument("--statistic", choices=STATISTICS, default="median", help="of the runs")
+
+    p = scenarios.add_parser(
+        "bulk", parents=[common, peer], help="one enqueue_many of N jobs, median of repeats"
+    )
+    p.add_argument("--jobs", type=int, default=100_000)
+    p.add_argument("--repeat", type=int, default=3)
+
+    p = scenarios.add_parser(
+        "wakeup", parents=[common, kind, peer], help="commit -> handler start on an idle worker"
+    )
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--gap", type=float, default=0.05, help="idle seconds between samples")
+    p.add_argument(
+        "--producer",
+        choices=wakeup.PRODUCERS,
+        default="process",
+        help="where the producer runs (default: a process of its own)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="split the samples over rounds")
+
+    p = scenarios.add_parser(
+        "growth", parents=[common], help="claim and drain speed on large vs small tables"
+    )
+    p.add_argument("--claims", type=int, default=200)
+    p.add_argument("--claim-batch", type=int, default=10)
+    p.add_argument("--small", type=int, default=1_000, help="queued rows, small case")
+    p.add_argument("--large", type=int, default=1_000_000, help="queued rows, large case")
+    p.add_argument("--retained", type=int, default=1_000_000, help="finished rows retained")
+    p.add_argument("--jobs", type=int, default=20_000, help="jobs drained each way")
+    p.add_argument("--kind", choices=ours.KINDS, default="threads", help="drain worker kind")
+    p.add_argument("--batch-size", type=int, default=10, help="drain claim batch")
+    p.add_argument("--repeat", type=int, default=1, help="drains each way")
+    p.add_argument("--statistic", choices=STATISTICS, default="median", help="of the runs")
+
+    p = scenarios.add_parser(
+        "all", parents=[common], help="everything with --peer pgqueuer, plus a markdown summary"
+    )
+    p.add_argument("--jobs", type=int, default=30_000, help="drain jobs")
+    p.add_argument("--drain-repeat", type=int, default=3, help="runs of each drain")
+    p.add_argument("--bulk-jobs", type=int, default=100_000)
+    p.add_argument("--repeat", type=int, default=3, help="bulk repeats")
+    p.add_argument("--samples", type=int, default=200, help="wakeup samples")
+    p.add_argument("--growth-jobs", type=int, default=20_000, help="growth drain jobs")
+    p.add_argument("--growth-repeat", type=int, default=3, help="growth drains each way")
+    p.add_argument(
+        "--statistic", choices=STATISTICS, default="best", help="of repeated drains (best)"
+    )
+    p.add_argument("--wakeup-rounds", type=int, default=4, help="wakeup samples in rounds")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the summary here")
+    return parser
+
+
+def _run(context: Context, args: argparse.Namespace, command: str) -> None:
+    if args.scenario == "drain":
+        drain.run(
+            context,
+            jobs=args.jobs,
+            batch_sizes=[args.batch_size],
+            kinds=_kinds(args.kind),
+            peer_name=args.peer,
+            repeat=args.repeat,
+            statistic=args.statistic,
+        )
+    elif args.scenario == "bulk":
+        bulk.run(context, jobs=args.jobs, repeat=args.repeat, peer_name=args.peer)
+    elif args.scenario == "wakeup":
+        wakeup.run(
+            context,
+            samples=args.samples,
+            kinds=_kinds(args.kind),
+            peer_name=args.peer,
+            batch_size=args.batch_size,
+            gap=args.gap,
+            producer=args.producer,
+            rounds=args.rounds,
+        )
+    elif args.scenario == "growth":
+        growth.run(
+            context,
+            depths=(args.small, args.large),
+            claims=args.claims,
+            claim_batch=args.claim_batch,
+            retained=args.retained,
+            jobs=args.jobs,
+            kind=args.kind,
+            batch_size=args.batch_size,
+            repeat=args.repeat,
+            statistic=args.statistic,
+        )
+    else:
+        markdown = suite.run(
+            context,
+            jobs=args.jobs,
+            drain_repeat=args.drain_repeat,
+            bulk_jobs=args.bulk_jobs,
+            repeat=args.repeat,
+            samples=args.samples,
+            growth_jobs=args.growth_jobs,
+            growth_repeat=args.growth_repeat,
+            statistic=args.statistic,
+            wakeup_rounds=args.wakeup_rounds,
+            command=command,
+        )
+        if args.markdown is not None:
+            args.markdown.write_text(markdown + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(arguments)
+    command = shlex.join(["python", "-m", "benchmarks", *arguments])
+    progress = Progress()
+    with scratch_database(args.database_url) as scratch:
+        progress.line(f"scratch database {scratch.url.database}")
+        print(f"# {command}\n")
+        print(machine.render(machine.describe(scratch.engine)))
+        _run(Context(scratch, progress), args, command)
+    progress.line(f"scratch database {scratch.url.database} dropped")
+
+
+if __name__ == "__main__":
+    main()
