@@ -205,6 +205,7 @@ class AsyncWorker:
         self._writes = 0
         self._running: dict[int, Job] = {}
         self._held: set[int] = set()
+        self._claiming = 0  # fetchers between a claim and recording its jobs in _held
         self._failures = 0
         self._thread_limiter = anyio.CapacityLimiter(self.options.capacity)
         send, receive = anyio.create_memory_object_stream[Outcome | None](math.inf)
@@ -340,11 +341,13 @@ class AsyncWorker:
                 return
             limit = min(options.capacity - self._busy, options.batch_size)
             self._busy += limit  # reserved until the claim answers
+            self._claiming += 1
             writes_before = self._writes
             if leader:
                 self._wake.clear()
             failures = self._failures
             claimed = await self._claim(limit, lanes) or []
+            self._claiming -= 1
             self._busy -= limit - len(claimed)
             self._unwritten += len(claimed)
             for item in claimed:
@@ -352,15 +355,7 @@ class AsyncWorker:
                 self._held.add(item.job.id)
                 self._handlers.start_soon(self._handle, item)
             if self._failures != failures:
-                await self._call(
-                    "hand back",
-                    partial(
-                        protocol.hand_back,
-                        self.queue.statements,
-                        self.identity.id,
-                        sorted(self._held),
-                    ),
-                )
+                await self._return_strays()
             if len(claimed) == limit:
                 self._backlog.set()
                 continue
@@ -377,6 +372,21 @@ class AsyncWorker:
                 self._begin_stop()
                 return
             await self._wake.wait(options.poll_interval)
+
+    async def _return_strays(self) -> None:
+        """After a failed claim: a claim may have committed though its answer was lost.
+
+        Waits until no other fetcher is between its claim and recording what it claimed, so
+        that only jobs nobody knows about are handed back.
+        """
+        while self._claiming and not self._closing.is_set():
+            await anyio.sleep(0.05)
+        await self._call(
+            "hand back",
+            partial(
+                protocol.hand_back, self.queue.statements, self.identity.id, sorted(self._held)
+            ),
+        )
 
     async def _claim(self, limit: int, lanes: FetchLanes[Any]) -> list[Claimed] | None:
         """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""

@@ -113,6 +113,7 @@ class ThreadWorker:
         self._writes = 0
         self._running: dict[int, Job] = {}
         self._held: set[int] = set()  # claimed and not yet written (or dropped)
+        self._claiming = 0  # fetchers between a claim and recording its jobs in _held
         self._failures = 0
         self._work: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
         self._outcomes: queues_module.SimpleQueue[Outcome | None] = queues_module.SimpleQueue()
@@ -252,12 +253,14 @@ class ThreadWorker:
                     return
                 limit = min(options.capacity - self._busy, options.batch_size)
                 self._busy += limit  # reserved until the claim answers
+                self._claiming += 1
                 writes_before = self._writes
             if leader:
                 self._wake.clear()
             failures = self._failures
             claimed = self._claim(limit, lanes) or []
             with self._lock:
+                self._claiming -= 1
                 self._busy -= limit - len(claimed)
                 self._unwritten += len(claimed)
                 for item in claimed:
@@ -286,8 +289,14 @@ class ThreadWorker:
             self._wake.wait(options.poll_interval)
 
     def _return_strays(self) -> None:
-        """After a failed claim: a claim may have committed though its answer was lost."""
+        """After a failed claim: a claim may have committed though its answer was lost.
+
+        Waits until no other fetcher is between its claim and recording what it claimed, so
+        that only jobs nobody knows about are handed back.
+        """
         with self._lock:
+            while self._claiming and not self._closing.is_set():
+                self._lock.wait(0.05)
             keep = sorted(self._held)
         self._call(
             "hand back", partial(protocol.hand_back, self.queue.statements, self.identity.id, keep)
