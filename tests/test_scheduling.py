@@ -270,3 +270,21 @@ def test_disabled_schedule_does_not_fire(engine):
     assert (
         database.run(scheduler.fire_due(queue.statements, state, base + timedelta(seconds=5))) == 0
     )
+
+
+def test_a_schedule_no_worker_declares_shows_as_not_declared(engine, database_url):
+    queue = Queue()
+
+    @queue.periodic("0 3 * * *", name="retired")
+    def retired(job):
+        return None
+
+    SyncDatabase(engine).run(scheduler.upsert(queue.statements, _state(queue), datetime.now(UTC)))
+    with engine.begin() as connection:  # the last worker that declared it stopped long ago
+        connection.execute(text("UPDATE pgq.schedules SET seen_at = now() - interval '1 hour'"))
+    url = database_url.render_as_string(False)
+    listed = json.loads(
+        CliRunner().invoke(cli, ["--database-url", url, "schedules", "--json"]).output
+    )
+    assert listed[0]["name"] == "retired"
+    assert listed[0]["status"] == "not declared"  # kept, shown, and no worker fires it
