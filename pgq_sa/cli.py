@@ -20,8 +20,9 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pgq_sa import migrations
+from pgq_sa import migrations, operations
 from pgq_sa.config import ConfigurationError, make_engine, resolve_url, schema_from_environment
+from pgq_sa.executors import run_sync
 from pgq_sa.job import JobInfo
 from pgq_sa.queue import Queue
 
@@ -230,7 +231,7 @@ def enqueue(
     """Enqueue one job of TASK with an optional JSON payload; prints the job id."""
     queue = context.queue
     value = _parse_json(payload)
-    job = queue._new_job(  # validate before connecting
+    job = queue._new_job(  # validated before the database is even looked up
         task,
         value,
         priority=priority,
@@ -240,17 +241,7 @@ def enqueue(
         queue=queue_name,
         max_attempts=max_attempts,
     )
-    del job
-    job_id = queue.enqueue(
-        context.engine,
-        task,
-        value,
-        priority=priority,
-        delay=delay,
-        dedupe_key=dedupe_key,
-        queue=queue_name,
-        max_attempts=max_attempts,
-    )
+    (job_id,) = run_sync(context.engine, operations.enqueue(queue.statements, [job]))
     click.echo(job_id)
 
 
@@ -348,9 +339,6 @@ def queues() -> None:
 @handles_errors
 def queues_list(context: Context, as_json: bool) -> None:
     """Queues with live jobs or settings: paused or not, queued and running counts."""
-    from pgq_sa import operations
-    from pgq_sa.executors import run_sync
-
     states = run_sync(context.engine, operations.list_queues(context.queue.statements))
     if as_json:
         click.echo(
@@ -419,9 +407,6 @@ def schedules(ctx: click.Context, as_json: bool) -> None:
 def schedules_list(context: Context, as_json: bool) -> None:
     import datetime as dt
 
-    from pgq_sa import operations
-    from pgq_sa.executors import run_sync
-
     states = run_sync(context.engine, operations.list_schedules(context.queue.statements))
     now = dt.datetime.now(dt.timezone.utc)
 
@@ -463,9 +448,6 @@ def schedules_list(context: Context, as_json: bool) -> None:
 
 
 def _switch_schedule(context: Context, name: str, enabled: bool) -> None:
-    from pgq_sa import operations
-    from pgq_sa.executors import run_sync
-
     changed = run_sync(
         context.engine, operations.set_schedule_enabled(context.queue.statements, name, enabled)
     )

@@ -66,10 +66,6 @@ class JobStatus(str, enum.Enum):
         return self.value
 
 
-LIVE_STATES = (JobStatus.queued, JobStatus.running)
-FINISHED_STATES = (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
-
 def validate_schema_name(name: object) -> str:
     """Return ``name`` if it is usable as the queue's schema, else raise ValueError/TypeError."""
     if not isinstance(name, str):

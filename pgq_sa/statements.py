@@ -115,7 +115,6 @@ class Statements:
     claim_in_queues: Executable
     finish: Executable
     hand_back: Executable
-    finished_states: Executable
     next_run_at: Executable
     rescue: Executable
     prune_succeeded: Executable
@@ -148,7 +147,6 @@ class Statements:
             claim_in_queues=_claim(tables, in_queues=True),
             finish=_finish(tables),
             hand_back=_hand_back(tables),
-            finished_states=_finished_states(tables),
             next_run_at=_next_run_at(tables),
             rescue=_rescue(tables),
             prune_succeeded=_prune(tables, "succeeded"),
@@ -558,13 +556,6 @@ SELECT count(*) AS handed_back,
             bindparam("keep", type_=ARRAY(BigInteger)),
         )
         .columns(column("handed_back", BigInteger))
-    )
-
-
-def _finished_states(tables: QueueTables) -> Executable:
-    jobs = tables.jobs
-    return select(jobs.c.id, jobs.c.state).where(
-        jobs.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger)))
     )
 
 

@@ -276,7 +276,11 @@ class AsyncWorker:
         what: str,
         operation: Callable[[], Operation[T]],
         lane: AsyncLane | ThreadedLane | None = None,
+        *,
+        give_up_on_stop: bool = False,
     ) -> T | None:
+        """Run one operation, retrying with backoff while the database is unreachable; gives up
+        when the worker is closing (claims: as soon as it is stopping)."""
         run = lane.run if lane is not None else self._db.run
         for attempt in range(10**9):
             try:
@@ -291,7 +295,7 @@ class AsyncWorker:
                 log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
                 with anyio.move_on_after(delay):
                     await self._closing.wait()
-                if self._closing.is_set():
+                if self._closing.is_set() or (give_up_on_stop and self._stopping):
                     return None
         return None  # pragma: no cover
 
@@ -404,6 +408,7 @@ class AsyncWorker:
                     limit,
                 ),
                 lanes.limited,
+                give_up_on_stop=True,
             )
             if limited is None:
                 return None
@@ -422,6 +427,7 @@ class AsyncWorker:
                     limit - len(claimed),
                 ),
                 lanes.claim,
+                give_up_on_stop=True,
             )
             claimed.extend(free or ())
         return claimed

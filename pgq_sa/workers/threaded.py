@@ -147,7 +147,8 @@ class ThreadWorker:
         """Work until stopped; with ``until_empty`` return once nothing due is left."""
         statements = self.queue.statements
         options = self.options
-        threads: list[threading.Thread] = []
+        handlers: list[threading.Thread] = []
+        fetchers: list[threading.Thread] = []
         with contextlib.ExitStack() as stack:
             stack.enter_context(self._signals())
             if any(d.is_async for d in options.tasks.values()):
@@ -161,13 +162,13 @@ class ThreadWorker:
                 return
             self._timers.start()
             for number in range(options.capacity):
-                threads.append(self._start(self._handle_jobs, f"handler-{number}"))
+                handlers.append(self._start(self._handle_jobs, f"handler-{number}"))
             completer = self._start(self._complete, "completer")
             heartbeater = self._start(self._heartbeat, "heartbeat")
             listener = self._start(self._listen, "listener")
             maintenance = self._start(self._maintain, "maintenance")
             if self.queue.schedules:
-                threads.append(self._start(self._schedule, "scheduler"))
+                fetchers.append(self._start(self._schedule, "scheduler"))
             log.info(
                 "worker %s started: %d threads, tasks %s",
                 self.identity.name,
@@ -177,11 +178,14 @@ class ThreadWorker:
             self._until_empty = until_empty
             for lanes in self._fetch_lanes[1:]:
                 follower = partial(self._fetch, until_empty, lanes, False)
-                threads.append(self._start(follower, "fetcher"))
+                fetchers.append(self._start(follower, "fetcher"))
             try:
                 self._fetch(until_empty, self._fetch_lanes[0])
             finally:
-                self._shut_down(threads, completer, heartbeater, listener)
+                self.stop()
+                for fetcher in fetchers:  # they use the lanes closed below
+                    fetcher.join()
+                self._shut_down(handlers, completer, heartbeater, listener)
                 maintenance.join()
         if self._owns_engine:
             self._engine.dispose()
@@ -217,11 +221,14 @@ class ThreadWorker:
         what: str,
         operation: Callable[[], Operation[T]],
         lane: SyncLane | None = None,
+        give_up: threading.Event | None = None,
     ) -> T | None:
         """Run one operation, retrying with backoff while the database is unreachable.
 
-        Gives up (returns None) only when the worker is stopping for good.
+        Gives up (returns None) when the worker is closing for good, or when ``give_up`` is set
+        (claims stop retrying as soon as the worker is stopping).
         """
+        give_up = give_up or self._closing
         run = lane.run if lane is not None else self._db.run
         for attempt in range(10**9):
             try:
@@ -230,7 +237,7 @@ class ThreadWorker:
                 self._failures += 1
                 delay = _RECONNECT_DELAYS[min(attempt, len(_RECONNECT_DELAYS) - 1)]
                 log.warning("%s failed (%s); retrying in %.2fs", what, _brief(error), delay)
-                if self._closing.wait(delay) or self._force.is_set():
+                if give_up.wait(delay) or self._closing.is_set() or self._force.is_set():
                     return None
         return None  # pragma: no cover
 
@@ -318,6 +325,7 @@ class ThreadWorker:
                     limit,
                 ),
                 lanes.limited,
+                self._stopping,
             )
             if limited is None:
                 return None
@@ -336,6 +344,7 @@ class ThreadWorker:
                     limit - len(claimed),
                 ),
                 lanes.claim,
+                self._stopping,
             )
             claimed.extend(free or ())
         return claimed
