@@ -23,3 +23,21 @@ def snapshot(engine: Engine, schema: str = "pgq") -> list[tuple[Any, ...]]:
             result = connection.execute(text(f'SELECT * FROM "{schema}".{table} ORDER BY 1'))
             rows.extend((table, *row) for row in result)
     return rows
+
+
+def wait_for_listener(engine: Engine, timeout: float = 10.0) -> None:
+    """Wait until a session of this database is idle after LISTEN (a worker's listener)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    statement = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND state = 'idle' AND query LIKE 'LISTEN %'"
+    )
+    while True:
+        with engine.connect() as connection:
+            if connection.execute(statement).scalar_one():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError("no worker listener appeared")
+        time.sleep(0.02)

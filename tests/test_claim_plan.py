@@ -61,7 +61,6 @@ def test_claim_uses_the_partial_index_on_a_million_rows(engine, analyzed):
     assert claim_scan["Node Type"] == "Index Scan"
     assert claim_scan["Actual Rows"] <= 20  # stopped after the limit, in index order
     assert not [n for n in nodes if n["Node Type"] == "Sort"]
-    assert explained["Execution Time"] < 100  # ms; generous: a sort of 500k rows takes seconds
 
 
 def test_a_write_without_the_lease_changes_nothing_and_is_logged(engine, caplog):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for_listener
 from sqlalchemy import text
 from worker_helpers import KINDS, start_worker
 
@@ -77,7 +78,7 @@ def test_terminated_connections_are_reopened(kind, engine, database_url, caplog)
                 ).scalar_one()
             assert killed >= 1
         _wait_all_succeeded(queue, engine, ids, 60)
-        time.sleep(1.0)  # let the listener reconnect and LISTEN again
+        wait_for_listener(engine)  # the listener reconnected and LISTENs again
         queue.enqueue(engine, "ping")
         assert woke.wait(5), "no wake-up by NOTIFY after the reconnect (poll is 30 s)"
         with engine.connect() as connection:

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import anyio
 import pytest
-from helpers import count_jobs
+from helpers import count_jobs, wait_for_listener
 from sqlalchemy import text
 from worker_helpers import KINDS, make_worker, run_worker, start_worker
 
@@ -183,7 +183,7 @@ def test_idle_worker_wakes_on_notify_not_poll(kind, engine, database_url):
         started.set()
 
     running = start_worker(kind, queue, database_url, poll_interval=30.0)
-    time.sleep(1.0)  # let it register, claim nothing and go idle
+    wait_for_listener(engine)  # registered, claimed nothing, and LISTENing
     queue.enqueue(engine, "ping")
     woke = started.wait(5)
     running.stop()
