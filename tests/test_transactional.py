@@ -155,3 +155,40 @@ def test_async_worker_on_trio_refuses_async_transactional_tasks_before_sql(engin
         anyio.run(main, backend="trio")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM pgq.workers")).scalar_one() == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_timed_out_transactional_attempt_is_rolled_back(kind, engine, database_url):
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE effects (job_id bigint, attempt int, task text)"))
+    queue = Queue()
+    slow = "SELECT pg_sleep(:s)"
+
+    if kind == "asyncio":  # cancelled for real, in the middle of a statement
+
+        @queue.task("tx.slow", transactional=True, timeout=0.3, max_attempts=1)
+        async def slow_async(job):
+            await job.connection.execute(INSERT, _effect(job))
+            await job.connection.execute(text(slow), {"s": 10})
+
+    else:  # a def handler runs on; its attempt is recorded as timed out and rolled back
+
+        @queue.task("tx.slow", transactional=True, timeout=0.3, max_attempts=1)
+        def slow_sync(job):
+            job.connection.execute(INSERT, _effect(job))
+            job.connection.execute(text(slow), {"s": 0.6})
+
+    @queue.task("tx.write", transactional=True)
+    def write(job):
+        job.connection.execute(INSERT, _effect(job))
+
+    timed_out = queue.enqueue(engine, "tx.slow")
+    after = queue.enqueue_many(engine, [JobSpec("tx.write") for _ in range(5)])
+    run_worker(make_worker(kind, queue, database_url, size=2), kind)
+
+    info = queue.get(engine, timed_out)
+    assert info.status is JobStatus.failed
+    assert info.error.type == "pgq_sa.decisions.JobTimeout"
+    with engine.connect() as connection:
+        effects = sorted(connection.execute(text("SELECT job_id FROM effects")).scalars())
+    assert effects == sorted(after)  # nothing of the timed-out attempt; the pool still works
