@@ -22,7 +22,7 @@ import dataclasses
 import logging
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import anyio
@@ -235,9 +235,15 @@ class AsyncJobs:
         slots = connection_slots(engine.pool, options)
         return cls(engine, sync, statements, worker_id, slots)
 
-    async def run(self, definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+    def run(
+        self, definition: TaskDefinition, job: Job, timeout: float | None
+    ) -> Coroutine[Any, Any, Outcome]:
+        """The coroutine running the handler (the plain one for other tasks: no extra frame)."""
         if not definition.transactional:
-            return await run_async_handler(definition, job, timeout)
+            return run_async_handler(definition, job, timeout)
+        return self._run(definition, job, timeout)
+
+    async def _run(self, definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
         assert self._engine is not None
         async with self._slots:
             try:
