@@ -192,3 +192,19 @@ def test_a_timed_out_transactional_attempt_is_rolled_back(kind, engine, database
     with engine.connect() as connection:
         effects = sorted(connection.execute(text("SELECT job_id FROM effects")).scalars())
     assert effects == sorted(after)  # nothing of the timed-out attempt; the pool still works
+
+
+def test_a_handler_that_commits_job_connection_itself_fails_the_attempt(engine, database_url):
+    queue = Queue()
+
+    @queue.task("tx.commits", transactional=True, max_attempts=1)
+    def commits(job):
+        job.connection.execute(text("SELECT 1"))
+        job.connection.commit()
+
+    job_id = queue.enqueue(engine, "tx.commits")
+    run_worker(make_worker("threads", queue, database_url, size=1), "threads")
+    info = queue.get(engine, job_id)
+    assert info.status is JobStatus.failed
+    assert info.error.type == "pgq_sa.workers.transactional.TransactionEnded"
+    assert "begin_nested()" in info.error.message
