@@ -53,6 +53,7 @@ class Outcome:
     delay: float | None = None
     result: str | None = None
     error: str | None = None
+    written: bool = False  # already recorded (a transactional task's own transaction)
 
 
 def error_json(error: BaseException, attempt: int, *, with_traceback: bool = True) -> str:

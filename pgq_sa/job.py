@@ -93,6 +93,21 @@ class Job:
     cancel_reason: str | None = field(default=None, repr=False)
     _cancel_callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _cancel_event: threading.Event | None = field(default=None, repr=False)
+    _connection: Any = field(default=None, repr=False)
+
+    @property
+    def connection(self) -> Any:
+        """The connection of this attempt's transaction, in the handler of a task declared with
+        ``transactional=True``: a ``sqlalchemy.Connection`` in a ``def`` handler, an
+        ``AsyncConnection`` in an ``async def`` one. What the handler writes on it commits
+        together with the job's completion, or not at all; never commit or roll it back yourself
+        (``begin_nested()`` savepoints are fine)."""
+        if self._connection is None:
+            raise RuntimeError(
+                f"job.connection is only available while the handler of a task declared with "
+                f"@queue.task(..., transactional=True) runs; task {self.task!r} has none here"
+            )
+        return self._connection
 
     @property
     def cancelled(self) -> bool:

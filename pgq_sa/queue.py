@@ -82,11 +82,14 @@ class Queue:
         queue: str = DEFAULT_QUEUE,
         concurrency: int | None = None,
         rate_limit: str | tuple[int, float] | None = None,
+        transactional: bool = False,
     ) -> Callable[[F], F]:
         """Register the decorated function (``def`` or ``async def``) as the handler of ``name``.
 
         ``name`` defaults to ``module.function``. The options are the defaults of the task's jobs;
-        ``concurrency`` and ``rate_limit`` (``"100/s"``, ``"10/m"``) hold cluster-wide.
+        ``concurrency`` and ``rate_limit`` (``"100/s"``, ``"10/m"``) hold cluster-wide. With
+        ``transactional=True`` the handler writes its effects on ``job.connection`` and they
+        commit together with the job's completion (see docs/reliability.md).
         """
 
         def register(handler: F) -> F:
@@ -100,6 +103,7 @@ class Queue:
                 queue=queue,
                 concurrency=concurrency,
                 rate_limit=rate_limit,
+                transactional=transactional,
             )
             if definition.name in self._tasks:
                 raise ValueError(f"task {definition.name!r} is already registered on this queue")

@@ -79,6 +79,7 @@ class TaskDefinition:
     queue: str
     concurrency: int | None
     rate_limit: RateLimit | None
+    transactional: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -95,6 +96,7 @@ def define_task(
     queue: object = DEFAULT_QUEUE,
     concurrency: object = None,
     rate_limit: object = None,
+    transactional: object = False,
 ) -> TaskDefinition:
     """Validate every option of a task declaration."""
     if not callable(handler):
@@ -105,6 +107,8 @@ def define_task(
             raise ValueError(
                 f"concurrency must be 1 or more (or None for no limit), got {concurrency}"
             )
+    if not isinstance(transactional, bool):
+        raise TypeError(f"transactional must be True or False, got {type(transactional).__name__}")
     return TaskDefinition(
         name=validation.task_name(name),
         handler=handler,
@@ -116,4 +120,5 @@ def define_task(
         queue=validation.queue_name(queue),
         concurrency=concurrency,
         rate_limit=None if rate_limit is None else RateLimit.parse(rate_limit),
+        transactional=transactional,
     )

@@ -39,7 +39,7 @@ from pgq_sa.executors import Operation
 from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
-from pgq_sa.workers import protocol, scheduler
+from pgq_sa.workers import protocol, scheduler, transactional
 from pgq_sa.workers.database import (
     CLAIM_SESSION,
     AsyncDatabase,
@@ -50,7 +50,6 @@ from pgq_sa.workers.database import (
     ThreadedLane,
     fetcher_count,
 )
-from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
 from pgq_sa.workers.protocol import Claimed, Identity
@@ -192,6 +191,9 @@ class AsyncWorker:
             for _ in range(fetcher_count(self.options))
         ]
         self._finish_lane = self._db.lane()
+        self._jobs = transactional.AsyncJobs.for_worker(
+            self._db, self.options, self.queue.statements, self.identity.id
+        )
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
         self._stopping = False
@@ -269,6 +271,7 @@ class AsyncWorker:
             send.close()
             receive.close()
             with anyio.CancelScope(shield=True):
+                await self._jobs.aclose()
                 await dispose()
 
     async def _call(
@@ -456,7 +459,7 @@ class AsyncWorker:
             if item.cancel_requested:
                 job.request_cancel("cancel")
             if definition.is_async:
-                outcome = await run_async_handler(definition, job, timeout)
+                outcome = await self._jobs.run(definition, job, timeout)
             else:
                 outcome = await self._run_in_thread(definition, job, timeout)
         except anyio.get_cancelled_exc_class():
@@ -485,7 +488,7 @@ class AsyncWorker:
 
                 deadline.start_soon(expire)
             outcome = await anyio.to_thread.run_sync(
-                run_sync_handler,
+                self._jobs.sync.run,
                 definition,
                 job,
                 timeout,

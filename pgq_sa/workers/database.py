@@ -182,6 +182,7 @@ class AsyncioDatabase:
 class ThreadedDatabase:
     def __init__(self, engine: Engine, threads: int = 6) -> None:
         self._sync = SyncDatabase(engine)
+        self.transactional_engine = engine
         self._limiter = anyio.CapacityLimiter(threads)
         self.url = engine.url
 

@@ -183,8 +183,12 @@ def upsert_limits(statements: Statements, definitions: Sequence[TaskDefinition])
 def finish(
     statements: Statements, worker_id: uuid.UUID, outcomes: Sequence[Outcome]
 ) -> Operation[Finished]:
-    """Write many outcomes in one statement; report those whose lease was lost."""
-    params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(list(outcomes))}
+    """Write many outcomes in one statement; report those whose lease was lost. Outcomes
+    already ``written`` (by a transactional task's own transaction) are skipped."""
+    outcomes = [o for o in outcomes if not o.written]
+    if not outcomes:
+        return Finished({}, (), None)
+    params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
     rows = yield statements.finish, params
     recorded = {row.id: row.state for row in rows}
     lost = tuple(o for o in outcomes if o.job_id not in recorded)

@@ -32,9 +32,9 @@ from pgq_sa.executors import Operation
 from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
-from pgq_sa.workers import protocol, scheduler
+from pgq_sa.workers import protocol, scheduler, transactional
 from pgq_sa.workers.database import CLAIM_SESSION, FetchLanes, SyncDatabase, SyncLane, fetcher_count
-from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
+from pgq_sa.workers.handlers import run_async_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
 from pgq_sa.workers.protocol import Claimed, Identity
@@ -90,6 +90,7 @@ class ThreadWorker:
             poll_interval=poll_interval,
             shutdown_timeout=shutdown_timeout,
         )
+        transactional.refuse_async(self.options, "ThreadWorker")
         self.queue = queue
         self._engine, self._owns_engine = sync_engine(bind)
         self.identity = Identity.new(self.kind, name)
@@ -127,6 +128,9 @@ class ThreadWorker:
             for _ in range(fetcher_count(self.options))
         ]
         self._finish_lane = self._db.lane()
+        self._jobs = transactional.SyncJobs.for_engine(
+            self._engine, self.options, queue.statements, self.identity.id
+        )
         self.processed = 0
 
     @property
@@ -371,7 +375,7 @@ class ThreadWorker:
                     assert self._portal is not None
                     outcome = self._portal.call(run_async_handler, definition, job, timeout)
                 else:
-                    outcome = run_sync_handler(definition, job, timeout)
+                    outcome = self._jobs.run(definition, job, timeout)
             except BaseException as error:
                 log.exception("job %s: the worker failed around its handler", job.id)
                 from pgq_sa import decisions
