@@ -3,8 +3,12 @@ or left unfinished, and whether every duplicate is explained by a worker the run
 paused.
 
 A job's execution is a row of ``fault_runs`` (job id, attempt, pid). The execution whose attempt
-is the job's final attempt is the one that succeeded; any other execution must have run on a
-process the run SIGKILLed or SIGSTOPped past its lease, otherwise it is unexplained.
+is the job's final attempt is the one that succeeded; for the at-least-once tasks any other
+execution must have run on a process the run SIGKILLed or SIGSTOPped past its lease, otherwise it
+is unexplained. A transactional attempt also fails, by design, when its connection is terminated
+or the server restarts under it (its effect rolled back, the job retried): for those tasks extra
+executions are counted, and the check is that the effect exists exactly once, written by the
+final attempt.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ class Report:
     unfinished: list[int]  # still queued or running
     duplicated_jobs: int  # jobs executed more than once
     duplicate_executions: int  # executions beyond the first
-    unexplained: list[int]  # duplicated jobs with an extra execution on a process never killed
+    unexplained: list[int]  # at-least-once jobs with an extra execution on a live process
+    killed_duplicates: int  # jobs with an extra execution on a killed or paused process
     unrecorded: list[int]  # succeeded, but no execution row for the final attempt
     effects_checked: bool
     effect_jobs: int = 0
     effect_errors: list[int] = field(default_factory=list)  # not exactly one effect (or stale)
+    effect_retries: int = 0  # transactional jobs re-run after a failed attempt on a live process
     worker_deaths: list[str] = field(default_factory=list)  # exits nobody caused
     seconds: float = 0.0
     restart_seconds: list[float] = field(default_factory=list)
@@ -51,7 +57,8 @@ class Report:
     def summary(self) -> str:
         restarts = ", ".join(f"{mode} {n}" for mode, n in sorted(self.restarts.items()))
         effects = (
-            f"effects {self.effect_jobs} jobs, {len(self.effect_errors)} not exactly once"
+            f"effects {self.effect_jobs} jobs, {len(self.effect_errors)} not exactly once, "
+            f"{self.effect_retries} retried after a database fault"
             if self.effects_checked
             else "effects not checked (transactional tasks unavailable)"
         )
@@ -60,8 +67,9 @@ class Report:
             f"succeeded, {self.kills} kills, {self.terminations} terminations, restarts "
             f"({restarts}), {self.pauses} paused past the lease; lost {len(self.lost)}, "
             f"unfinished {len(self.unfinished)}, duplicated {self.duplicated_jobs} jobs "
-            f"({self.duplicate_executions} extra executions, {len(self.unexplained)} "
-            f"unexplained), unrecorded {len(self.unrecorded)}; {effects}; worker deaths "
+            f"({self.duplicate_executions} extra executions; {self.killed_duplicates} jobs on "
+            f"killed/paused workers, {len(self.unexplained)} unexplained), unrecorded "
+            f"{len(self.unrecorded)}; {effects}; worker deaths "
             f"{len(self.worker_deaths)}; {self.seconds:.1f} s"
         )
 
@@ -100,8 +108,9 @@ def judge(
         ):
             effects[job_id].append(attempt)
     lost, unfinished, unexplained, unrecorded = [], [], [], []
-    duplicated = extra = succeeded = 0
+    duplicated = extra = succeeded = on_killed = retried = 0
     explaining = killed | paused
+    transactional = set(effect_ids)
     for job_id in ids:
         state, attempt = final.get(job_id, ("missing", 0))
         if state in ("queued", "running"):
@@ -117,8 +126,13 @@ def judge(
         if len(executions) > 1:
             duplicated += 1
             extra += len(executions) - 1
+            if any(a != attempt and pid in explaining for a, pid in executions):
+                on_killed += 1
             if any(a != attempt and pid not in explaining for a, pid in executions):
-                unexplained.append(job_id)
+                if job_id in transactional:
+                    retried += 1
+                else:
+                    unexplained.append(job_id)
     effect_errors = [
         job_id
         for job_id in effect_ids
@@ -132,6 +146,8 @@ def judge(
         duplicated_jobs=duplicated,
         duplicate_executions=extra,
         unexplained=unexplained,
+        killed_duplicates=on_killed,
+        effect_retries=retried,
         unrecorded=unrecorded,
         effects_checked=effects_checked,
         effect_jobs=len(effect_ids) if effects_checked else 0,

@@ -176,8 +176,9 @@ def _prepare(admin: Engine, url: Any) -> Engine:
 
 def _enqueue(engine: Engine, config: Config) -> tuple[list[int], list[int]]:
     tasks = list(fault_app.RECORD_TASKS)
+    effects = (fault_app.EFFECT_TASK, fault_app.ASYNC_EFFECT_TASK)
     if config.transactional:
-        tasks.append(fault_app.EFFECT_TASK)
+        tasks += effects
     producer = Queue()
     ids: list[int] = []
     effect_ids: list[int] = []
@@ -188,9 +189,7 @@ def _enqueue(engine: Engine, config: Config) -> tuple[list[int], list[int]]:
         ]
         batch = producer.enqueue_many(engine, specs)
         ids += batch
-        effect_ids += [
-            i for i, s in zip(batch, specs, strict=True) if s.task == fault_app.EFFECT_TASK
-        ]
+        effect_ids += [i for i, s in zip(batch, specs, strict=True) if s.task in effects]
     return ids, effect_ids
 
 
@@ -236,7 +235,11 @@ def run_faults(config: Config) -> Report:
         worker_url = url.set(database=DATABASE).render_as_string(hide_password=False)
         supervisor = Supervisor(
             url=worker_url,
-            target="fault_app:queue",
+            targets={
+                "threads": "fault_app:queue",
+                "trio": "fault_app:queue",
+                "asyncio": "fault_app:asyncio_queue",
+            },
             logs=logs,
             options=[
                 "--heartbeat-interval",
@@ -300,6 +303,38 @@ def run_faults(config: Config) -> Report:
             admin.dispose()
 
 
+def write_doc(path: Path, command: str, config: Config, report: Report) -> None:
+    restarts = ", ".join(f"{s:.1f}" for s in report.restart_seconds)
+    rows = [
+        ("jobs", f"{report.jobs} ({report.succeeded} succeeded)"),
+        ("worker processes", f"{config.workers} at a time (threads, asyncio, trio, threads)"),
+        ("SIGKILLed workers (each replaced)", report.kills),
+        ("pg_terminate_backend rounds (every connection)", report.terminations),
+        ("PostgreSQL restarts", f"{report.restarts} (took {restarts} s)"),
+        ("workers SIGSTOPped past the lease, then resumed", report.pauses),
+        ("lost (never succeeded / missing)", len(report.lost)),
+        ("unfinished", len(report.unfinished)),
+        ("jobs executed more than once", report.duplicated_jobs),
+        ("extra executions", report.duplicate_executions),
+        ("… jobs with an extra execution on a killed or paused worker", report.killed_duplicates),
+        ("… unexplained (at-least-once jobs re-run on a live worker)", len(report.unexplained)),
+        ("transactional jobs (effect through job.connection)", report.effect_jobs),
+        ("… effects not exactly once", len(report.effect_errors)),
+        ("… re-run after an attempt failed with its connection", report.effect_retries),
+        ("worker processes that died on their own", len(report.worker_deaths)),
+        ("wall time", f"{report.seconds:.0f} s"),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text_ = path.read_text() if path.exists() else ""
+    marker = "<!-- figures -->"
+    head = text_.split(marker)[0] if marker in text_ else "# Fault run\n\n"
+    path.write_text(
+        f"{head}{marker}\n\nCommand: `{command}` (what `python -m nox -s faults` runs)\n\n"
+        f"| figure | value |\n|---|---|\n{table}\n\n{report.summary()}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
@@ -309,10 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", default="fast,immediate,fast,immediate")
     parser.add_argument("--no-pause", action="store_true", help="skip the stale-worker fault")
     parser.add_argument(
-        "--no-transactional", action="store_true", help="skip the exactly-once effects task"
+        "--no-transactional", action="store_true", help="skip the exactly-once effect tasks"
     )
     parser.add_argument("--lease-timeout", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--doc", type=Path, help="write the figures to this Markdown file")
     args = parser.parse_args(argv)
     config = Config(
         jobs=args.jobs,
@@ -327,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = run_faults(config)
     print(report.summary())
+    if args.doc:
+        command = " ".join(["python tests/faults/fault_run.py", *(argv or sys.argv[1:])])
+        write_doc(args.doc, command, config, report)
     if not report.ok:
         for name in ("lost", "unfinished", "unexplained", "unrecorded", "effect_errors"):
             values = getattr(report, name)

@@ -39,10 +39,10 @@ class WorkerProcess:
 
 @dataclass
 class Supervisor:
-    """Runs ``target`` (MODULE:QUEUE importable from this folder) on ``url``."""
+    """Runs ``targets[kind]`` (MODULE:QUEUE importable from this folder) on ``url``."""
 
     url: str
-    target: str
+    targets: dict[str, str]
     logs: Path
     options: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -63,7 +63,7 @@ class Supervisor:
             "--database-url",
             self.url,
             "run",
-            self.target,
+            self.targets[kind],
             *KIND_ARGS[kind],
             *self.options,
         ]

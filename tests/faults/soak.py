@@ -216,7 +216,7 @@ def soak(args: argparse.Namespace) -> Verdict:
         logs = Path(tempfile.mkdtemp(prefix="pgq_sa_soak_logs_"))
         supervisor = Supervisor(
             url=worker_url,
-            target="soak_app:queue",
+            targets=dict.fromkeys(KINDS, "soak_app:queue"),
             logs=logs,
             options=["--log-level", "warning"],
             env={"SOAK_KEEP_SUCCEEDED": str(args.keep_succeeded)},
