@@ -41,6 +41,7 @@ class Report:
     worker_deaths: list[str] = field(default_factory=list)  # exits nobody caused
     seconds: float = 0.0
     restart_seconds: list[float] = field(default_factory=list)
+    paused_jobs: int = 0  # jobs the paused workers held when stopped
 
     @property
     def ok(self) -> bool:

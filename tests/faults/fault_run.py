@@ -291,6 +291,7 @@ def run_faults(config: Config) -> Report:
                 terminations=config.terminations,
                 restarts={m: config.restarts.count(m) for m in set(config.restarts)},
                 pauses=len(supervisor.ever_paused),
+                paused_jobs=sum(len(jobs) for _, jobs in run.late_checks),
                 worker_deaths=run.deaths,
                 seconds=time.monotonic() - run.started,
                 restart_seconds=run.restart_seconds,
@@ -304,14 +305,18 @@ def run_faults(config: Config) -> Report:
 
 
 def write_doc(path: Path, command: str, config: Config, report: Report) -> None:
-    restarts = ", ".join(f"{s:.1f}" for s in report.restart_seconds)
+    took = ", ".join(f"{s:.1f}" for s in report.restart_seconds)
+    restarts = ", ".join(f"{n} {mode}" for mode, n in sorted(report.restarts.items()))
     rows = [
         ("jobs", f"{report.jobs} ({report.succeeded} succeeded)"),
         ("worker processes", f"{config.workers} at a time (threads, asyncio, trio, threads)"),
         ("SIGKILLed workers (each replaced)", report.kills),
         ("pg_terminate_backend rounds (every connection)", report.terminations),
-        ("PostgreSQL restarts", f"{report.restarts} (took {restarts} s)"),
-        ("workers SIGSTOPped past the lease, then resumed", report.pauses),
+        ("PostgreSQL restarts", f"{restarts} (took {took} s)"),
+        (
+            "workers SIGSTOPped past the lease, then resumed",
+            f"{report.pauses} (holding {report.paused_jobs} running jobs)",
+        ),
         ("lost (never succeeded / missing)", len(report.lost)),
         ("unfinished", len(report.unfinished)),
         ("jobs executed more than once", report.duplicated_jobs),
