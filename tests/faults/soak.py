@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,7 @@ class Sample:
     live_tuples: int
     dead_tuples: int
     autovacuums: int
+    vacuums: int  # manual VACUUMs this run sent (--vacuum-every)
     rss_kib: dict[int, int]
 
 
@@ -69,25 +71,28 @@ class Producer:
         try:
             while not self.stop.wait(max(0.0, started + 0.1 * (tick + 1) - time.monotonic())):
                 tick = int((time.monotonic() - started) / 0.1)
-                due = min(int(self.rate * (time.monotonic() - started)) - self.enqueued, 5000)
-                if due <= 0:
-                    continue
+                # behind schedule, catch up by at most half a second's worth per tick
+                behind = int(self.rate * (time.monotonic() - started)) - self.enqueued
+                due = min(behind, max(1, int(self.rate / 2)))
                 tasks = ("soak.sync", "soak.async")
-                with self.engine.begin() as connection:
-                    if self.single:
-                        for n in range(due):
-                            queue.enqueue(connection, tasks[n % 2], {"n": self.enqueued + n})
-                    else:
-                        queue.enqueue_many(
-                            connection,
-                            [JobSpec(tasks[n % 2], {"n": self.enqueued + n}) for n in range(due)],
-                        )
-                self.enqueued += due
+                while due > 0:  # transactions of at most 50 jobs: none holds vacuum back
+                    chunk = min(due, 50)
+                    with self.engine.begin() as connection:
+                        if self.single:
+                            for n in range(chunk):
+                                queue.enqueue(connection, tasks[n % 2], {"n": self.enqueued + n})
+                        else:
+                            specs = [JobSpec(tasks[n % 2], {"n": n}) for n in range(chunk)]
+                            queue.enqueue_many(connection, specs)
+                    self.enqueued += chunk
+                    due -= chunk
         except BaseException as error:
             self.errors.append(error)
 
 
-def sample(engine: Engine, enqueued: int, supervisor: Supervisor, started: float) -> Sample:
+def sample(
+    engine: Engine, enqueued: int, supervisor: Supervisor, started: float, vacuums: int
+) -> Sample:
     with engine.connect() as connection:
         total, heap = connection.execute(
             text("SELECT pg_total_relation_size('pgq.jobs'), pg_relation_size('pgq.jobs')")
@@ -124,6 +129,7 @@ def sample(engine: Engine, enqueued: int, supervisor: Supervisor, started: float
         live_tuples=int(live),
         dead_tuples=int(dead),
         autovacuums=int(autovacuums),
+        vacuums=vacuums,
         rss_kib=supervisor.rss_kib(),
     )
 
@@ -233,11 +239,21 @@ def soak(args: argparse.Namespace) -> Verdict:
         for thread in threads:
             thread.start()
         samples: list[Sample] = []
+        vacuums, vacuumed_at = 0, 0.0
+        admin_db = create_engine(url, isolation_level="AUTOCOMMIT")
+        stack.callback(admin_db.dispose)
+        with admin_db.connect() as connection:
+            autovacuum = connection.exec_driver_sql("SHOW autovacuum").scalar_one()
         print(f"soak on {name} for {args.minutes} min at {args.rate}/s; logs in {logs}", flush=True)
         while True:
             now = time.monotonic() - started
             enqueued = sum(p.enqueued for p in producers)
-            samples.append(sample(engine, enqueued, supervisor, started))
+            if args.vacuum_every and now - vacuumed_at >= args.vacuum_every:
+                with admin_db.connect() as connection:
+                    connection.exec_driver_sql("VACUUM (ANALYZE) pgq.jobs")
+                vacuums += 1
+                vacuumed_at = now
+            samples.append(sample(engine, enqueued, supervisor, started, vacuums))
             s = samples[-1]
             print(
                 f"[{now:6.0f}s] enqueued {enqueued} backlog {s.backlog} rows {s.rows} "
@@ -265,22 +281,25 @@ def soak(args: argparse.Namespace) -> Verdict:
         codes = supervisor.stop_all()
         warmup = max(60.0, 2 * args.keep_succeeded)
         verdict = judge(samples, elapsed, args.rate, enqueued, enqueued - int(backlog), warmup)
+        verdict.lines.insert(
+            1,
+            f"server: autovacuum = {autovacuum}; this run sent VACUUM (ANALYZE) pgq.jobs "
+            + (f"every {args.vacuum_every:.0f} s ({vacuums} times)" if vacuums else "never"),
+        )
         verdict.lines.append(f"workers' exit codes on SIGTERM: {sorted(codes.values(), key=str)}")
         return verdict
 
 
 def write_doc(path: Path, command: str, verdict: Verdict) -> None:
+    """Replace what follows the figures marker (prose above it is kept)."""
     body = "\n".join(f"    {line}" for line in verdict.lines)
     path.parent.mkdir(parents=True, exist_ok=True)
+    marker = "<!-- figures -->"
+    old = path.read_text() if path.exists() else ""
+    head = old.split(marker)[0] if marker in old else "# Soak run\n\n"
     path.write_text(
-        "# Soak run\n\n"
-        "Producers enqueue at a steady rate (half with `enqueue_many` per 100 ms tick, half with\n"
-        "one `enqueue` per job in a transaction) while three worker processes (threads,\n"
-        "asyncio, trio) drain, with `keep_succeeded` short so retention prunes all along. Every\n"
-        "~10 s the run samples `pg_total_relation_size` of `pgq.jobs`, `pg_relation_size` of\n"
-        "the heap and of each index, dead tuples (`pg_stat_user_tables`) and each worker's\n"
-        "RSS (`/proc/PID/status`); it compares the first third of the samples with the last.\n\n"
-        f"Command:\n\n    {command}\n\n"
+        f"{head}{marker}\n\nCommand (what `python -m nox -s soak -- ARGS` runs):\n\n"
+        f"    {command}\n\n"
         f"Result ({'sizes bounded' if verdict.bounded else 'SIZES GREW'}, "
         f"{'memory flat' if verdict.flat else 'MEMORY GREW'}):\n\n{body}\n"
     )
@@ -294,8 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-succeeded", type=float, default=60.0, help="seconds")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--database-url", help="server to create the soak database on")
+    parser.add_argument(
+        "--vacuum-every",
+        type=float,
+        default=0.0,
+        help="send VACUUM (ANALYZE) pgq.jobs every S seconds (for a server with autovacuum off)",
+    )
     parser.add_argument("--doc", type=Path, help="write the figures to this Markdown file")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up: workers, database
     verdict = soak(args)
     print("\n".join(verdict.lines))
     summary = "bounded" if verdict.bounded else "SIZES GREW"
