@@ -136,11 +136,14 @@ class Run:
         """SIGSTOP a worker that holds running jobs, and note which ones (to watch them)."""
         holders = "SELECT DISTINCT w.pid FROM pgq.workers AS w JOIN pgq.jobs AS j "
         holders += "ON j.worker_id = w.id AND j.state = 'running'"
+        deadline = time.monotonic() + 60
         while True:
             live = {w.pid: w for w in self.supervisor.live if w.pid not in self.supervisor.paused}
             pids = [r[0] for r in self.query(holders) if r[0] in live]
             if pids:
                 break
+            if time.monotonic() > deadline:
+                raise TimeoutError("fault run: no worker held a running job to pause")
             time.sleep(0.05)
         victim = self.supervisor.pause(live[self.supervisor.rng.choice(pids)])
         worker_id = self.query("SELECT id::text FROM pgq.workers WHERE pid = :p", p=victim.pid)
