@@ -192,6 +192,7 @@ def test_a_paused_transactional_worker_resumed_after_rescue_changes_nothing(engi
     with engine.connect() as connection:
         effects = connection.execute(text("SELECT job_id, attempt, pid FROM effects")).all()
     assert effects == [(job_id, 2, os.getpid())]  # once, by the rescuer's attempt
+    assert queue.get(engine, job_id) == finished  # the stale worker's shutdown changed nothing
     assert finished.status is JobStatus.succeeded
     assert finished.attempts == 2
     assert finished.result == {"attempt": 2, "pid": os.getpid()}
