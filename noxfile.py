@@ -1,4 +1,4 @@
-"""Developer sessions: tests (both servers), lint, demo, bench."""
+"""Developer sessions: tests (both servers), lint, demo, bench, faults, soak."""
 
 from __future__ import annotations
 
@@ -44,3 +44,17 @@ def bench(session: nox.Session) -> None:
     """Benchmarks side by side with PgQueuer: `nox -s bench -- --help`."""
     session.install("-e", ".[dev]", "pgqueuer==1.6.0")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """The full fault run (10,000 jobs) on an embedded PostgreSQL: `nox -s faults -- --help`."""
+    session.install("-e", ".[dev]")
+    session.run("python", "tests/faults/fault_run.py", "--doc", "docs/faults.md", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """30 minutes at 500 jobs/s with retention on: `nox -s soak -- --minutes 5 --rate 200`."""
+    session.install("-e", ".[dev]")
+    session.run("python", "tests/faults/soak.py", "--doc", "docs/soak.md", *session.posargs)
