@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pgq_sa import validation
 from pgq_sa.executors import Operation
 from pgq_sa.schema import JobStatus
 from pgq_sa.statements import Statements
@@ -323,9 +324,8 @@ def list_jobs(
         raise TypeError(f"limit must be an int, got {type(limit).__name__}")
     if not 1 <= limit <= MAX_JOB_LIST:
         raise ValueError(f"limit must be between 1 and {MAX_JOB_LIST}, got {limit}")
-    for name, value in (("task", task), ("queue", queue)):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    task = validation.task_name(task) if task is not None else None
+    queue = validation.queue_name(queue) if queue is not None else None
     return _list_jobs(statements, state, {"task": task, "queue": queue, "limit": limit})
 
 
