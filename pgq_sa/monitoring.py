@@ -238,7 +238,7 @@ def _status(
         )
         for name in queue_names
     ]
-    latency = [Latency(r.queue, r.started, r.p50, r.p95, r.max) for r in latency_rows]
+    latency = [Latency(r.queue, r.started, r.p50, r.p95, r.max) for r in latency_rows if r.started]
     return Status(now, window, short_window, stale_after, tasks, queues, workers, latency)
 
 
