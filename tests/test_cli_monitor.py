@@ -3,8 +3,11 @@ dashboard; exact counts through --json; mistakes exit with a message, never a tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import time
 import pytest
 from click.testing import CliRunner
 from helpers import snapshot
+from sqlalchemy import text
 from worker_helpers import start_worker
 
 from pgq_sa import JobStatus, Queue
@@ -234,52 +238,57 @@ def test_killed_worker_shows_as_dead(run, engine, database_url):
     assert "DEAD" in text
 
 
-def test_dashboard_ctrl_c_exits_cleanly(database_url):
-    process = _spawn(
-        database_url,
-        "dashboard",
-        "--interval",
-        "0.2",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().startswith("pgq-sa dashboard")
-        process.send_signal(signal.SIGINT)
-        output, errors = process.communicate(timeout=30)
-    finally:
-        process.kill()
-    assert process.returncode == 0, errors
-    assert "Traceback" not in errors
-    assert "\x1b" not in output
+def _read_until(fd: int, seen: bytearray, marker: bytes, start: int = 0) -> int:
+    """Read the terminal into ``seen`` until ``marker`` appears after ``start``; its offset."""
+    deadline = time.monotonic() + 60
+    while (found := seen.find(marker, start)) < 0:
+        assert time.monotonic() < deadline, f"no {marker!r} in {bytes(seen)!r}"
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the terminal closed: the process is gone
+                chunk = b""
+            assert chunk, f"the dashboard stopped before {marker!r}: {bytes(seen)!r}"
+            seen.extend(chunk)
+    return found
 
 
-def test_dashboard_redraws_in_place_on_a_terminal(database_url):
-    import pty
-
+def test_dashboard_on_a_terminal_redraws_outlives_a_lost_connection_and_exits_on_ctrl_c(
+    database_url, engine
+):
     leader, follower = pty.openpty()
     process = _spawn(
-        database_url, "dashboard", "--iterations", "2", "--interval", "0.1", stdout=follower
+        database_url, "dashboard", "--interval", "0.2", stdout=follower, stderr=subprocess.PIPE
     )
     os.close(follower)
-    chunks = []
+    seen = bytearray()
     try:
-        while True:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the terminal closed: the process is done
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        assert process.wait(timeout=30) == 0
+        _read_until(leader, seen, b"throughput:")
+        with engine.connect() as connection:
+            terminated = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert terminated >= 1
+        lost = _read_until(leader, seen, b"database unreachable")
+        _read_until(leader, seen, b"throughput:", lost)  # a whole frame again: it reconnected
+        process.send_signal(signal.SIGINT)
+        _, errors = process.communicate(timeout=30)
+        with contextlib.suppress(OSError):
+            while chunk := os.read(leader, 65536):
+                seen.extend(chunk)
     finally:
         process.kill()
         os.close(leader)
-    output = b"".join(chunks).decode()
-    assert output.count("\x1b[H\x1b[2J") == 2
-    assert output.count("pgq-sa dashboard") == 2
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors
+    output = seen.decode()
+    assert output.count("\x1b[H\x1b[2J") >= 3  # each frame redraws the screen in place
+    assert output.startswith("\x1b[?25l")  # the cursor is hidden while drawing...
+    assert output.rstrip().endswith("\x1b[?25h")  # ...and shown again on the way out
 
 
 @pytest.mark.parametrize(
