@@ -194,7 +194,12 @@ def _task_lines(state: Status) -> list[str]:
         for t in state.tasks:
             if t.queue != q.name:
                 continue
-            note = "  ! no live worker declares this task" if t.stranded else ""
+            note = ""
+            if t.stranded:
+                declared = any(t.task in w.tasks for w in state.live_workers)
+                note = "  ! no live worker " + (
+                    "takes this queue" if declared else "declares this task"
+                )
             lines.append(
                 f"  {_clip(t.task, 32):<32}{t.due:>8}{t.scheduled:>8}{t.running:>9}{t.failed:>8}"
                 f"{duration(t.oldest_wait):>13}{t.rate:>9.2f}{note}"

@@ -136,6 +136,10 @@ def test_status_workers_jobs_and_dashboard_with_a_live_worker(run, engine, datab
         text = run("status").output
         (ghost_line,) = [line for line in text.splitlines() if "ghost.task" in line]
         assert "no live worker declares this task" in ghost_line
+        (media_line,) = [
+            line for line in text.splitlines() if line.startswith("  ok") and "!" in line
+        ]
+        assert "no live worker takes this queue" in media_line
         assert "paused" in next(line for line in text.splitlines() if line.startswith("media"))
         assert "workers: 1 live" in text
 
