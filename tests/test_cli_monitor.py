@@ -344,3 +344,36 @@ def test_help_names_the_environment_and_the_commands():
     for command in ("status", "workers", "dashboard", "jobs", "queues", "schedules"):
         assert command in result.output
     assert "list" in CliRunner().invoke(cli, ["jobs", "--help"]).output
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_monitoring_runs_on_asyncpg_with_the_same_figures(engine, database_url):
+    from pgq_sa import monitoring
+    from pgq_sa.config import make_async_engine
+    from pgq_sa.executors import run_async, run_sync
+
+    queue = Queue()
+    queue.enqueue(engine, "a")
+    queue.enqueue(engine, "a", delay=60, queue="media")
+    queue.cancel(engine, queue.enqueue(engine, "b"))
+    async_engine = make_async_engine(database_url.set(drivername="postgresql+asyncpg"))
+    try:
+        backlog = await run_async(async_engine, monitoring.task_backlog(queue.statements))
+        state = await run_async(async_engine, monitoring.status(queue.statements))
+        listed = await run_async(
+            async_engine, monitoring.list_jobs(queue.statements, status="queued", task="a")
+        )
+    finally:
+        await async_engine.dispose()
+    assert [(b.queue, b.task, b.due, b.scheduled, b.running) for b in backlog] == [
+        ("default", "a", 1, 0, 0),
+        ("media", "a", 0, 1, 0),
+    ]
+    in_sync = run_sync(engine, monitoring.task_backlog(queue.statements))
+    assert [(b.queue, b.task, b.due, b.oldest_due_at) for b in backlog] == [
+        (b.queue, b.task, b.due, b.oldest_due_at) for b in in_sync
+    ]
+    cancelled = {(t.queue, t.task): t.cancelled for t in state.tasks}
+    assert cancelled == {("default", "a"): 0, ("media", "a"): 0, ("default", "b"): 1}
+    assert [job.task for job in listed] == ["a", "a"]
