@@ -24,6 +24,7 @@ DEFAULT_WINDOW = 60.0  # seconds: throughput and latency are measured over the l
 DEFAULT_SHORT_WINDOW = 10.0
 DEFAULT_STALE_AFTER = 30.0  # seconds without a heartbeat (the default lease timeout): not live
 MAX_JOB_LIST = 10_000
+LATENCY_SAMPLE = 1_000  # start latency: at most the newest 1,000 finished jobs, plus running ones
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ def list_workers(
 
 @dataclass(frozen=True)
 class Latency:
-    """Wait from ``run_at`` to start of the jobs started in the window; ``queue`` None: all."""
+    """Wait from ``run_at`` to start of the jobs started in the window (the running ones and at
+    most the newest :data:`LATENCY_SAMPLE` finished ones); ``queue`` None: all queues."""
 
     queue: str | None
     started: int
@@ -209,7 +211,7 @@ def _status(
     finished = yield m.recent_finished, {"window": window, "short_window": short_window}
     unsuccessful = yield m.unsuccessful_counts, None
     workers = yield from list_workers(statements, stale_after)
-    latency_rows = yield m.start_latency, {"window": window}
+    latency_rows = yield m.start_latency, {"window": window, "sample": LATENCY_SAMPLE}
     settings = yield m.queue_settings, None
 
     keys: set[tuple[str, str]] = {(b.queue, b.task) for b in backlog}

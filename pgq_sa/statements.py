@@ -1015,21 +1015,30 @@ def _unsuccessful_counts(tables: QueueTables) -> Executable:
 
 
 def _start_latency(tables: QueueTables) -> Executable:
-    """How long jobs started in the last ``window`` seconds waited from ``run_at`` to their start:
-    count, p50, p95 and max per queue, plus one row for all queues (``queue`` NULL). Reads the
-    running jobs and the recently finished ones (a range of the finished-at index)."""
+    """How long recently started jobs waited from ``run_at`` to their start: count, p50, p95 and
+    max per queue, plus one row for all queues (``queue`` NULL). The sample is the running jobs
+    started in the last ``window`` seconds and the newest ``sample`` jobs finished in it (a
+    bounded backward range of the finished-at index, whatever the throughput)."""
     jobs = tables.jobs
     started_recently = and_(
         jobs.c.started_at > _seconds_ago("window"), jobs.c.started_at >= jobs.c.run_at
     )
     wait = func.extract("epoch", jobs.c.started_at - jobs.c.run_at).cast(Double).label("wait")
-    running = select(jobs.c.queue, wait).where(in_states(jobs.c.state, "running"), started_recently)
-    finished = select(jobs.c.queue, wait).where(
-        in_states(jobs.c.state, *FINISHED_STATES),
-        jobs.c.finished_at > _seconds_ago("window"),
-        started_recently,
+    running = select(jobs.c.queue, wait).where(
+        in_states(jobs.c.state, "running"), started_recently
     )
-    waits = running.union_all(finished).subquery("waits")
+    finished = (
+        select(jobs.c.queue, wait)
+        .where(
+            in_states(jobs.c.state, *FINISHED_STATES),
+            jobs.c.finished_at > _seconds_ago("window"),
+            started_recently,
+        )
+        .order_by(jobs.c.finished_at.desc())
+        .limit(bindparam("sample", type_=Integer))
+        .subquery("finished")
+    )
+    waits = running.union_all(select(finished.c.queue, finished.c.wait)).subquery("waits")
     return (
         select(
             waits.c.queue,
