@@ -1024,9 +1024,7 @@ def _start_latency(tables: QueueTables) -> Executable:
         jobs.c.started_at > _seconds_ago("window"), jobs.c.started_at >= jobs.c.run_at
     )
     wait = func.extract("epoch", jobs.c.started_at - jobs.c.run_at).cast(Double).label("wait")
-    running = select(jobs.c.queue, wait).where(
-        in_states(jobs.c.state, "running"), started_recently
-    )
+    running = select(jobs.c.queue, wait).where(in_states(jobs.c.state, "running"), started_recently)
     finished = (
         select(jobs.c.queue, wait)
         .where(
