@@ -606,5 +606,9 @@ def demo(context: Context, job_count: int, demo_schema: str) -> None:
     run_demo(context.engine, validate_schema_name(demo_schema), job_count)
 
 
+# The monitoring commands (status, jobs list, workers, dashboard) register themselves on the
+# groups above when their module is imported.
+from pgq_sa import cli_monitor  # noqa: E402, F401
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -143,8 +143,25 @@ def _initial_down(s: str) -> list[str]:
     ]
 
 
+def _unsuccessful_index_up(s: str) -> list[str]:
+    return [
+        f'CREATE INDEX jobs_unsuccessful_idx ON "{s}".jobs (state, queue, task, id) '
+        "WHERE state IN ('failed', 'cancelled')"
+    ]
+
+
+def _unsuccessful_index_down(s: str) -> list[str]:
+    return [f'DROP INDEX IF EXISTS "{s}".jobs_unsuccessful_idx']
+
+
 STEPS: tuple[Step, ...] = (
     Step(
         "pgq_sa_0001", "jobs, workers, queues, task limits, schedules", _initial_up, _initial_down
+    ),
+    Step(
+        "pgq_sa_0002",
+        "index of failed and cancelled jobs, for monitoring",
+        _unsuccessful_index_up,
+        _unsuccessful_index_down,
     ),
 )

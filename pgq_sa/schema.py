@@ -182,6 +182,16 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
             "finished_at",
             postgresql_where=text("state IN ('succeeded', 'failed', 'cancelled')"),
         ),
+        # Monitoring counts and lists failed and cancelled jobs without reading the (much
+        # larger) succeeded history (migration step 0002).
+        Index(
+            "jobs_unsuccessful_idx",
+            "state",
+            "queue",
+            "task",
+            "id",
+            postgresql_where=text("state IN ('failed', 'cancelled')"),
+        ),
         postgresql_with={
             "fillfactor": "80",
             "autovacuum_vacuum_scale_factor": "0.01",
