@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
@@ -22,11 +24,12 @@ import pytest
 from click.testing import CliRunner
 from helpers import snapshot
 from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import URL
 from test_validation import BAD_ENQUEUES
 
 from pgq_sa import JobSpec, JobStatus, Queue, ThreadWorker
 from pgq_sa.cli import cli
-from pgq_sa.config import make_async_engine
+from pgq_sa.config import make_async_engine, make_engine
 
 APPS = str(Path(__file__).parent / "apps")
 SQL_TEXT = "x'); drop table pgq.jobs; --"
@@ -39,10 +42,9 @@ class NoOffset(tzinfo):
         return None
 
 
-@pytest.fixture
-def populated(engine: Engine) -> Engine:
-    """A database with a row in every table: queued, cancelled and deduplicated jobs, a paused
-    queue, a worker, a task limit and a schedule, so that 'nothing changed' means something."""
+def populate(engine: Engine) -> None:
+    """A row in every table: queued, cancelled and deduplicated jobs, a paused queue, a worker,
+    a task limit and a schedule, so that 'nothing changed' means something."""
     queue = Queue()
     queue.enqueue(engine, "seed.a", {"n": 1}, dedupe_key="held")
     cancelled = queue.enqueue(engine, "seed.b", [1, 2], priority=5)
@@ -61,8 +63,32 @@ def populated(engine: Engine) -> Engine:
                 "INSERT INTO pgq.schedules (name, task, expression) VALUES ('s', 's', '* * * * *')"
             )
         )
+
+
+@pytest.fixture(scope="module")
+def shared_url(admin_engine: Engine, server_url: URL, template_database: str) -> Iterator[URL]:
+    """One populated database for the whole module: a refused call changes nothing, and every
+    case checks that, so the cases can share it (a database per case costs a second each)."""
+    name = f"pgq_sa_test_bad_{uuid.uuid4().hex[:12]}"
+    with admin_engine.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    url = server_url.set(database=name)
+    engine = make_engine(url)
+    try:
+        populate(engine)
+        engine.dispose()
+        yield url
+    finally:
+        engine.dispose()
+        with admin_engine.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def populated(shared_url: URL) -> Iterator[Engine]:
+    engine = make_engine(shared_url)
+    yield engine
     engine.dispose()
-    return engine
 
 
 @pytest.fixture
@@ -156,9 +182,9 @@ ASYNC_CASES = [
 ]
 
 
-def test_bad_enqueue_async(populated, database_url):
+def test_bad_enqueue_async(populated, shared_url):
     queue = Queue(max_payload_bytes=10_000)
-    async_engine = make_async_engine(database_url)
+    async_engine = make_async_engine(shared_url)
     seen: list[str] = []
     event.listen(
         async_engine.sync_engine, "before_cursor_execute", lambda *args: seen.append(args[2])
@@ -206,9 +232,10 @@ def test_payload_limit_is_configurable(populated, sql_seen):
             Queue(max_payload_bytes=bad)
 
 
-def test_sql_text_is_a_valid_name_stored_verbatim(populated):
+def test_sql_text_is_a_valid_name_stored_verbatim(engine):
     """SQL in names, keys and payloads is data: stored and read back byte for byte, run by a
     worker, and no statement ever interprets it."""
+    populate(engine)
     queue = Queue()
     ran: list[object] = []
 
@@ -218,32 +245,32 @@ def test_sql_text_is_a_valid_name_stored_verbatim(populated):
         return {"echo": job.payload}
 
     payload = {SQL_TEXT: SQL_TEXT, "nested": ["'; DELETE FROM pgq.workers; --", '"\\']}
-    first = queue.enqueue(populated, SQL_TEXT, payload, dedupe_key=SQL_TEXT)
-    assert queue.enqueue(populated, SQL_TEXT, payload, dedupe_key=SQL_TEXT) == first
-    (second,) = queue.enqueue_many(populated, [JobSpec(SQL_TEXT, SQL_TEXT, queue="$$; --")])
-    info = queue.get(populated, first)
+    first = queue.enqueue(engine, SQL_TEXT, payload, dedupe_key=SQL_TEXT)
+    assert queue.enqueue(engine, SQL_TEXT, payload, dedupe_key=SQL_TEXT) == first
+    (second,) = queue.enqueue_many(engine, [JobSpec(SQL_TEXT, SQL_TEXT, queue="$$; --")])
+    info = queue.get(engine, first)
     assert (info.task, info.queue, info.payload, info.dedupe_key) == (
         SQL_TEXT,
         "q'; --",
         payload,
         SQL_TEXT,
     )
-    assert queue.get(populated, second).queue == "$$; --"
-    with populated.connect() as connection:
+    assert queue.get(engine, second).queue == "$$; --"
+    with engine.connect() as connection:
         stored = connection.execute(
             text("SELECT task, payload::text FROM pgq.jobs WHERE id = :id"), {"id": first}
         ).one()
     assert stored.task == SQL_TEXT
     assert json.loads(stored.payload) == payload
-    queue.pause(populated, SQL_TEXT)
-    queue.resume(populated, SQL_TEXT)
-    ThreadWorker(queue, populated, threads=2, queues=["q'; --"], poll_interval=0.1).run(
+    queue.pause(engine, SQL_TEXT)
+    queue.resume(engine, SQL_TEXT)
+    ThreadWorker(queue, engine, threads=2, queues=["q'; --"], poll_interval=0.1).run(
         until_empty=True
     )
     assert ran == [payload]
-    assert queue.get(populated, first).status is JobStatus.succeeded
-    assert queue.get(populated, first).result == {"echo": payload}
-    with populated.connect() as connection:
+    assert queue.get(engine, first).status is JobStatus.succeeded
+    assert queue.get(engine, first).result == {"echo": payload}
+    with engine.connect() as connection:
         tables = connection.execute(
             text("SELECT count(*) FROM pg_tables WHERE schemaname = 'pgq'")
         ).scalar_one()
@@ -519,10 +546,10 @@ def apps(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(("args", "message"), CLI_CASES)
-def test_cli_refuses_with_a_message(populated, database_url, apps, args, message):
+def test_cli_refuses_with_a_message(populated, shared_url, apps, args, message):
     before = snapshot(populated)
     result = CliRunner().invoke(
-        cli, ["--database-url", _url(database_url), *args], catch_exceptions=False
+        cli, ["--database-url", _url(shared_url), *args], catch_exceptions=False
     )
     assert result.exit_code not in (0, None), result.output
     assert message in result.output
@@ -548,14 +575,14 @@ def test_cli_bad_database_url(url, message):
         assert "Traceback" not in result.output
 
 
-def test_cli_sql_text_task_is_stored_verbatim(populated, database_url):
+def test_cli_sql_text_task_is_stored_verbatim(engine, database_url):
     result = CliRunner().invoke(
         cli,
         ["--database-url", _url(database_url), "enqueue", SQL_TEXT, json.dumps({"q": SQL_TEXT})],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    info = Queue().get(populated, int(result.output))
+    info = Queue().get(engine, int(result.output))
     assert (info.task, info.payload) == (SQL_TEXT, {"q": SQL_TEXT})
 
 
@@ -571,15 +598,13 @@ def _pgq_sa(*args: str, cwd: str | None = None, env: dict[str, str] | None = Non
     )
 
 
-def test_real_processes_answer_with_a_message(populated, database_url, tmp_path):
+def test_real_processes_answer_with_a_message(populated, shared_url, tmp_path):
     (tmp_path / "broken_app.py").write_text('raise RuntimeError("broken on purpose")\n')
-    url = _url(database_url)
+    url = _url(shared_url)
     before = snapshot(populated)
     for args, message in [
         (["--database-url", url, "enqueue", "t", "{bad"], "not valid JSON"),
         (["--database-url", url, "--schema", "x;drop", "enqueue", "t"], "not allowed"),
-        (["--database-url", url, "jobs", "cancel", "abc"], "abc"),
-        (["--database-url", "postgresql://u@h:port/d", "jobs", "show", "1"], "not a database URL"),
         (["--database-url", url, "run", "broken_app:queue"], "broken on purpose"),
     ]:
         done = _pgq_sa(*args, cwd=str(tmp_path), env={"PYTHONPATH": str(tmp_path)})
@@ -589,38 +614,43 @@ def test_real_processes_answer_with_a_message(populated, database_url, tmp_path)
     assert snapshot(populated) == before
 
 
-@pytest.mark.parametrize("mode", [[], ["--async"]])
-def test_run_against_an_unreachable_database_says_so_and_stops_on_sigterm(mode):
+def test_run_against_an_unreachable_database_says_so_and_stops_on_sigterm():
     """A worker started before its database keeps retrying (the database may be starting) and
-    says why; one SIGTERM ends it."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pgq_sa",
-            "--database-url",
-            "postgresql://nobody@127.0.0.1:1/none",
-            "run",
-            "sample_app:queue",
-            *mode,
-        ],
-        cwd=APPS,
-        env={**os.environ, "PYTHONPATH": APPS},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    says why; one SIGTERM ends it. Thread and async workers, side by side."""
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgq_sa",
+                "--database-url",
+                "postgresql://nobody@127.0.0.1:1/none",
+                "run",
+                "sample_app:queue",
+                *mode,
+            ],
+            cwd=APPS,
+            env={**os.environ, "PYTHONPATH": APPS},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for mode in ([], ["--async"])
+    ]
     try:
-        assert process.stdout is not None
-        first = process.stdout.readline()  # blocks until the worker reports the failure
-        assert "register failed" in first, first
-        assert "127.0.0.1" in first, first
-        process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        rest, _ = process.communicate(timeout=30)
-        assert time.monotonic() - started < 10
-        assert "Traceback" not in first + rest
+        for process in processes:
+            assert process.stdout is not None
+            first = process.stdout.readline()  # blocks until the worker reports the failure
+            assert "register failed" in first, first
+            assert "127.0.0.1" in first, first
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            started = time.monotonic()
+            rest, _ = process.communicate(timeout=30)
+            assert time.monotonic() - started < 10
+            assert "Traceback" not in rest
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
