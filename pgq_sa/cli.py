@@ -448,6 +448,9 @@ def schedules_list(context: Context, as_json: bool) -> None:
 
 
 def _switch_schedule(context: Context, name: str, enabled: bool) -> None:
+    from pgq_sa.validation import schedule_name
+
+    schedule_name(name)  # refuse what no schedule can be called before asking the database
     changed = run_sync(
         context.engine, operations.set_schedule_enabled(context.queue.statements, name, enabled)
     )
@@ -494,11 +497,26 @@ def load_queue(target: str) -> Queue:
         raise click.BadParameter(
             f"cannot import {module_name!r}: {error}", param_hint="TARGET"
         ) from None
+    except Exception as error:  # the module itself failed: say where, without a traceback
+        raise click.BadParameter(
+            f"importing {module_name!r} failed: {_where(error)}{type(error).__name__}: {error}",
+            param_hint="TARGET",
+        ) from None
     value = getattr(module, attribute, None)
     if not isinstance(value, Queue):
         found = "nothing" if value is None else f"a {type(value).__name__}"
         raise click.BadParameter(f"{target} is {found}, not a pgq_sa.Queue", param_hint="TARGET")
     return value
+
+
+def _where(error: Exception) -> str:
+    """``file:line: `` of the innermost frame of ``error`` (or of the bad line of a SyntaxError)."""
+    import traceback
+
+    if isinstance(error, SyntaxError) and error.filename:
+        return f"{error.filename}:{error.lineno}: "
+    frames = traceback.extract_tb(error.__traceback__)
+    return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
 
 
 @cli.command()

@@ -50,7 +50,7 @@ def parse_url(value: str | URL) -> URL:
             text = "postgresql://" + text[len("postgres://") :]
         try:
             url = make_url(text)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: e.g. a port that is not a number
             raise ConfigurationError(
                 f"{value!r} is not a database URL; expected postgresql://user@host:5432/dbname"
             ) from None
@@ -109,7 +109,9 @@ def resolve_url(explicit: str | URL | None = None, *, allow_embedded: bool = Tru
 
 
 def schema_from_environment(explicit: str | None = None) -> str:
-    return explicit or os.environ.get(SCHEMA_VARIABLE) or "pgq"
+    if explicit is not None:  # an explicit empty name is refused later, not replaced
+        return explicit
+    return os.environ.get(SCHEMA_VARIABLE) or "pgq"
 
 
 def make_engine(url: str | URL, **options: Any) -> Engine:

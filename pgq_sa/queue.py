@@ -49,7 +49,7 @@ class Queue:
         self.keep_failed = validation.seconds(keep_failed, "keep_failed")
         self.tables: QueueTables = build_tables(schema)
         self.statements = Statements.build(self.tables)
-        self.max_payload_bytes = validation._integer(max_payload_bytes, "max_payload_bytes")
+        self.max_payload_bytes = validation.byte_limit(max_payload_bytes, "max_payload_bytes")
         self._tasks: dict[str, TaskDefinition] = {}
         self._schedules: dict[str, CronSchedule] = {}
 
@@ -147,6 +147,8 @@ class Queue:
             self._schedules[schedule.name] = schedule
             return handler
 
+        if callable(expression):
+            raise TypeError("use @queue.periodic('CRON EXPRESSION', ...), with parentheses")
         return register
 
     # --- validation ----------------------------------------------------------------------------

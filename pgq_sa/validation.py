@@ -34,7 +34,18 @@ def _name(value: object, what: str, limit: int) -> str:
         raise ValueError(f"{what} is {len(value)} characters long; the limit is {limit}")
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL characters")
+    if not value.isascii() and not _is_utf8(value):
+        raise ValueError(f"{what} must be valid Unicode (it contains a lone surrogate)")
     return value
+
+
+def _is_utf8(value: str) -> bool:
+    """False for strings PostgreSQL cannot store: lone surrogates have no UTF-8 form."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def task_name(value: object) -> str:
@@ -45,6 +56,11 @@ def task_name(value: object) -> str:
 def queue_name(value: object) -> str:
     """A queue name: a non-empty str of at most 255 characters without NUL."""
     return _name(value, "queue name", MAX_QUEUE_NAME_LENGTH)
+
+
+def schedule_name(value: object) -> str:
+    """A schedule name (that of its task): a non-empty str of at most 255 characters."""
+    return _name(value, "schedule name", MAX_TASK_NAME_LENGTH)
 
 
 def dedupe_key(value: object) -> str | None:
@@ -73,6 +89,14 @@ def max_attempts(value: object) -> int:
     number = _integer(value, "max_attempts")
     if not 1 <= number <= MAX_ATTEMPTS_LIMIT:
         raise ValueError(f"max_attempts {number} is out of range 1..{MAX_ATTEMPTS_LIMIT}")
+    return number
+
+
+def byte_limit(value: object, what: str) -> int:
+    """A size limit in bytes: an int of at least 1."""
+    number = _integer(value, what)
+    if number < 1:
+        raise ValueError(f"{what} must be 1 or more, got {number}")
     return number
 
 
@@ -130,7 +154,12 @@ def payload_json(value: Any, *, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str |
         raise ValueError(
             "payload strings must not contain NUL characters (PostgreSQL refuses them)"
         )
-    size = len(encoded.encode())
+    try:
+        size = len(encoded.encode())
+    except UnicodeEncodeError:
+        raise ValueError(
+            "payload strings must be valid Unicode (one contains a lone surrogate)"
+        ) from None
     if size > limit:
         raise ValueError(f"payload is {size} bytes of JSON; the limit is {limit} bytes")
     return encoded

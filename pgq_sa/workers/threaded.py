@@ -160,8 +160,11 @@ class ThreadWorker:
             if not self._call(
                 "register",
                 self._register,
+                give_up=self._stopping,  # a signal while the database is unreachable ends it
             ) or not self._call(
-                "limits", partial(protocol.upsert_limits, statements, list(options.tasks.values()))
+                "limits",
+                partial(protocol.upsert_limits, statements, list(options.tasks.values())),
+                give_up=self._stopping,
             ):
                 return
             self._timers.start()
