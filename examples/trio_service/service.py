@@ -1,7 +1,7 @@
 """A trio service: a TCP line server that stores each line and enqueues a job for it, and an
 AsyncWorker on the same trio loop, both on one sync SQLAlchemy Engine.
 
-Run: `python service.py` (port 7000, or $PORT); then `echo "hello trio" | nc 127.0.0.1 7000`.
+Run: `python service.py` (port 7000, or $PORT), then `nc 127.0.0.1 7000` and type a line.
 Ctrl-C / SIGTERM: the worker finishes its running jobs, then the server closes.
 """
 
