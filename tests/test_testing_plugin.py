@@ -6,6 +6,8 @@ server of this run (PGQ_SA_TEST_DATABASE_URL points the plugin at it).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
@@ -14,6 +16,8 @@ from pgq_sa import Queue
 from pgq_sa.testing import run_due_jobs
 
 USER_CONFTEST = """
+import os
+
 import pytest
 
 
@@ -29,6 +33,8 @@ def database_url():
 
 USER_TESTS = """
 import anyio
+import os
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -206,3 +212,36 @@ def test_bad_arguments_are_refused_before_any_sql():
         run_due_jobs("queue", None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no registered tasks"):
         run_due_jobs(Queue(), None)
+
+
+@pytest.mark.skipif(
+    bool(os.environ.get("PGQ_SA_TEST_DATABASE_URL")),
+    reason="run once per CI run: in the session on the embedded server",
+)
+def test_without_a_server_the_plugin_starts_an_embedded_postgresql(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("PGQ_SA_TEST_DATABASE_URL", raising=False)
+    pytester.makeini("[pytest]\nfilterwarnings = error\n")
+    pytester.makepyfile(
+        test_embedded="""
+from sqlalchemy import text
+from pgq_sa import Queue
+from pgq_sa.testing import run_due_jobs
+
+queue = Queue()
+
+
+@queue.task("double")
+def double(job):
+    return job.payload * 2
+
+
+def test_runs_on_the_embedded_server(pgq_engine, pgq_server_url):
+    assert "host=" in pgq_server_url  # a Unix socket in the session's temporary folder
+    queue.enqueue(pgq_engine, "double", 21)
+    assert [run.result for run in run_due_jobs(queue, pgq_engine)] == [42]
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
