@@ -90,7 +90,8 @@ def _wait_until_serving(process: subprocess.Popen[str], port: int) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
-            pytest.fail(f"the example exited with {process.returncode}: {process.stdout.read()}")  # type: ignore[union-attr]
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"the example exited with {process.returncode}: {output}")
         try:
             if _request(port, "/health") == (200, {"ok": True}):
                 return
