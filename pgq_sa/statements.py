@@ -1113,3 +1113,22 @@ def _list_jobs(tables: QueueTables, status: str | None) -> Executable:
         .order_by(jobs.c.id.desc())
         .limit(bindparam("limit", type_=Integer))
     )
+
+
+# --- tests (pgq_sa.testing) --------------------------------------------------------------------
+
+
+def make_due(tables: QueueTables) -> Executable:
+    """Make the queued jobs of ``tasks`` due now, delayed ones and pending retries included.
+    Used only by :func:`pgq_sa.testing.run_due_jobs` with ``include_delayed=True``."""
+    jobs = tables.jobs
+    return (
+        update(jobs)
+        .where(
+            in_states(jobs.c.state, "queued"),
+            jobs.c.run_at > func.now(),
+            jobs.c.task == func.any(bindparam("tasks", type_=ARRAY(Text))),
+        )
+        .values(run_at=func.now())
+        .returning(jobs.c.id)
+    )

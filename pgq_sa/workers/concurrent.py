@@ -103,6 +103,7 @@ class AsyncWorker:
         poll_interval: float = 1.0,
         shutdown_timeout: float = 30.0,
         name: str | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.options = worker_options(
             queue,
@@ -123,6 +124,8 @@ class AsyncWorker:
         self.queue = queue
         self._bind = bind
         self.identity = Identity.new(self.kind, name)
+        # False when the host (a web server) owns SIGINT/SIGTERM and calls stop() itself.
+        self._handle_signals = handle_signals
         self._register = partial(
             protocol.register,
             queue.statements,
@@ -241,7 +244,7 @@ class AsyncWorker:
                 services.start_soon(self._maintain)
                 if self.queue.schedules:
                     services.start_soon(self._schedule)
-                if threading.current_thread() is threading.main_thread():
+                if self._handle_signals and threading.current_thread() is threading.main_thread():
                     services.start_soon(self._watch_signals)
                 async with anyio.create_task_group() as handlers:
                     self._handlers = handlers

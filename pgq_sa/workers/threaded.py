@@ -78,6 +78,7 @@ class ThreadWorker:
         poll_interval: float = 1.0,
         shutdown_timeout: float = 30.0,
         name: str | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.options = worker_options(
             queue,
@@ -94,6 +95,8 @@ class ThreadWorker:
         self.queue = queue
         self._engine, self._owns_engine = sync_engine(bind)
         self.identity = Identity.new(self.kind, name)
+        # False when the host (a web server) owns SIGINT/SIGTERM and calls stop() itself.
+        self._handle_signals = handle_signals
         self._register = partial(
             protocol.register,
             queue.statements,
@@ -204,7 +207,7 @@ class ThreadWorker:
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
+        if not self._handle_signals or threading.current_thread() is not threading.main_thread():
             yield
             return
 
