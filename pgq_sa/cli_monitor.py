@@ -328,6 +328,7 @@ def jobs_list(
     for job in found:
         created = job.created_at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         error = f"{job.error_type}: {job.error_message}" if job.error_type else ""
+        error = " ".join(error.split())  # one line per job, whatever the message holds
         click.echo(
             f"{job.id:>10}  {_clip(job.task, 27):<28}{_clip(job.queue, 15):<16}"
             f"{job.status.value:<11}{f'{job.attempts}/{job.max_attempts}':>9}{job.priority:>9}  "
