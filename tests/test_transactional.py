@@ -230,3 +230,34 @@ def test_a_handler_that_commits_job_connection_itself_fails_the_attempt(engine, 
     assert info.status is JobStatus.failed
     assert info.error.type == "pgq_sa.workers.transactional.TransactionEnded"
     assert "begin_nested()" in info.error.message
+
+
+def test_job_connections_leave_the_worker_its_own_share_of_the_pool():
+    from sqlalchemy import create_engine
+
+    from pgq_sa.workers.options import worker_options
+    from pgq_sa.workers.transactional import connection_slots
+
+    queue = Queue()
+    queue.task("tx", transactional=True)(lambda job: None)
+
+    def slots(capacity: int, **pool: int) -> int:
+        engine = create_engine("postgresql+psycopg://nobody@localhost/none", **pool)
+        options = worker_options(
+            queue,
+            capacity=capacity,
+            capacity_name="threads",
+            batch_size=None,
+            queues=None,
+            heartbeat_interval=5.0,
+            lease_timeout=30.0,
+            poll_interval=1.0,
+            shutdown_timeout=1.0,
+        )
+        return connection_slots(engine.pool, options)
+
+    assert slots(8) == 7  # 5 + 10 connections, one fetcher's two lanes and six others kept
+    assert slots(4) == 4
+    assert slots(100, pool_size=50) == 50 + 10 - 8
+    assert slots(100, pool_size=2, max_overflow=0) == 1
+    assert slots(100, max_overflow=-1) == 100  # unlimited overflow
