@@ -55,6 +55,7 @@ ENQUEUE_COLUMNS = (
     "run_at",
     "delay",
     "dedupe_key",
+    "meta",
 )
 _ENQUEUE_SOURCE = """
 SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
@@ -62,7 +63,7 @@ SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
        t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
        coalesce(t.run_at::timestamptz,
                 now() + t.delay::double precision * interval '1 second') AS run_at,
-       t.dedupe_key
+       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta
   FROM ROWS FROM (
          json_array_elements_text(CAST(:task AS json)),
          json_array_elements_text(CAST(:queue AS json)),
@@ -71,9 +72,10 @@ SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
          json_array_elements_text(CAST(:max_attempts AS json)),
          json_array_elements_text(CAST(:run_at AS json)),
          json_array_elements_text(CAST(:delay AS json)),
-         json_array_elements_text(CAST(:dedupe_key AS json))
+         json_array_elements_text(CAST(:dedupe_key AS json)),
+         jsonb_array_elements(CAST(:meta AS jsonb))
        ) WITH ORDINALITY AS t(task, queue, payload, priority, max_attempts, run_at, delay,
-                              dedupe_key, ord)
+                              dedupe_key, meta, ord)
 """
 
 
@@ -187,13 +189,24 @@ def _enqueue(tables: QueueTables) -> Executable:
             column("max_attempts", Integer),
             column("run_at", DateTime(timezone=True)),
             column("dedupe_key", Text),
+            column("meta", JSONB),
         )
         .cte("input")
     )
     inserted = (
         insert(jobs)
         .from_select(
-            ["id", "task", "queue", "payload", "priority", "max_attempts", "run_at", "dedupe_key"],
+            [
+                "id",
+                "task",
+                "queue",
+                "payload",
+                "priority",
+                "max_attempts",
+                "run_at",
+                "dedupe_key",
+                "meta",
+            ],
             select(
                 source.c.id,
                 source.c.task,
@@ -203,6 +216,7 @@ def _enqueue(tables: QueueTables) -> Executable:
                 source.c.max_attempts,
                 source.c.run_at,
                 source.c.dedupe_key,
+                source.c.meta,
             ),
         )
         .on_conflict_do_nothing(
@@ -452,6 +466,9 @@ def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
             jobs.c.timeout,
             jobs.c.scheduled_at,
             jobs.c.cancel_requested,
+            jobs.c.run_at,
+            jobs.c.started_at,
+            jobs.c.meta,
         )
     )
 
@@ -574,6 +591,7 @@ def _rescue(tables: QueueTables) -> Executable:
     ``lease_timeout`` seconds, and forget those workers. Safe when every worker runs it at once:
     dead workers and their jobs are taken with SKIP LOCKED, so each is rescued by one of them.
     The attempt that was running counts. Running jobs whose worker row is gone are rescued too.
+    ``jobs`` lists the rescued jobs (id, task, queue, attempt, lost worker, new state).
     """
     s = tables.schema
     channel = notify_channel(s)
@@ -586,7 +604,7 @@ WITH dead AS (
        FOR UPDATE SKIP LOCKED
 ),
 orphans AS (
-    SELECT j.id FROM "{s}".jobs AS j
+    SELECT j.id, j.worker_id FROM "{s}".jobs AS j
      WHERE j.state = 'running'
        AND (j.worker_id IN (SELECT id FROM dead)
             OR NOT EXISTS (SELECT 1 FROM "{s}".workers AS w WHERE w.id = j.worker_id))
@@ -611,7 +629,7 @@ rescued AS (
                'attempt', j.attempt)::jsonb
       FROM orphans
      WHERE j.id = orphans.id
-    RETURNING j.id, j.state, j.task
+    RETURNING j.id, j.state, j.task, j.queue, j.attempt, orphans.worker_id AS lost_worker
 ),
 forgotten AS (
     DELETE FROM "{s}".workers WHERE id IN (SELECT id FROM dead) RETURNING id
@@ -619,6 +637,8 @@ forgotten AS (
 SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
        (SELECT count(*) FROM rescued WHERE state <> 'queued') AS failed,
        (SELECT count(*) FROM forgotten) AS workers,
+       (SELECT json_agg(json_build_array(id, task, queue, attempt, lost_worker, state))
+          FROM rescued) AS jobs,
        (SELECT pg_notify('{channel}',
                          json_build_object('reason', 'rescue',
                                            'tasks', json_agg(DISTINCT task))::text)
@@ -630,6 +650,7 @@ SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
             column("requeued", BigInteger),
             column("failed", BigInteger),
             column("workers", BigInteger),
+            column("jobs", JSON),
         )
     )
 
@@ -745,7 +766,8 @@ claimed AS (
       FROM picked
      WHERE j.id = picked.id
     RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, j.priority, j.queue,
-              j.created_at, j.timeout, j.scheduled_at, j.cancel_requested
+              j.created_at, j.timeout, j.scheduled_at, j.cancel_requested, j.run_at,
+              j.started_at, j.meta
 ),
 paced AS (
     UPDATE "{s}".task_limits AS l
@@ -776,6 +798,9 @@ SELECT claimed.*, (SELECT count(*) FROM paced) AS paced FROM claimed
             column("timeout", Double),
             column("scheduled_at", DateTime(timezone=True)),
             column("cancel_requested", Boolean),
+            column("run_at", DateTime(timezone=True)),
+            column("started_at", DateTime(timezone=True)),
+            column("meta", JSONB),
         )
     )
 
