@@ -172,6 +172,7 @@ class EventHub:
         self._subscribers: tuple[_Subscriber, ...] = ()
         self._meta_providers: tuple[MetaProvider, ...] = ()
         self._scopes: tuple[HandlerScope, ...] = ()
+        self._wanted: frozenset[str] = frozenset()
         self.active = False  # anything attached at all: the one check on the hot path
 
     def __repr__(self) -> str:
@@ -236,6 +237,10 @@ class EventHub:
         return Subscription(detach)
 
     def _refresh(self) -> None:
+        wanted: set[str] = set()
+        for subscriber in self._subscribers:
+            wanted.update(EVENT_KINDS if subscriber.kinds is None else subscriber.kinds)
+        self._wanted = frozenset(wanted)
         self.active = bool(self._subscribers or self._meta_providers or self._scopes)
 
     # --- emitting ------------------------------------------------------------------------------
@@ -251,7 +256,8 @@ class EventHub:
                 log.exception("event subscriber %r failed on %s", subscriber.callback, event.kind)
 
     def wants(self, kind: str) -> bool:
-        return any(s.kinds is None or kind in s.kinds for s in self._subscribers)
+        """Whether any subscriber listens to events of ``kind``."""
+        return kind in self._wanted
 
     def job_meta(self, task: str, queue: str) -> str | None:
         """The providers' merged meta for a new job, as JSON text (None when empty)."""
@@ -274,27 +280,31 @@ class EventHub:
         for job_id, task, queue in jobs:
             self.emit(Enqueued(job_id, task, queue, 0, None, now))
 
-    @contextmanager
-    def handling(self, job: Job, worker_id: uuid.UUID | None) -> Iterator[_Run]:
-        """Around one handler run: enter the scopes, emit ``started``; the caller reports the
-        outcome through the yielded run before the scopes exit."""
-        with ExitStack() as stack:
-            for scope in self._scopes:
+    def handling(self, job: Job, worker_id: uuid.UUID | None) -> _Run:
+        """Observe one handler run: ``with hub.handling(job, worker) as run:`` enters the
+        scopes and emits ``started``; the caller reports ``run.finished(outcome)`` inside."""
+        return _Run(self, job, worker_id)
+
+
+class _Run:
+    """One handler run being observed: its scopes, its start, and its outcome event."""
+
+    __slots__ = ("_stack", "hub", "job", "started", "worker_id")
+
+    def __init__(self, hub: EventHub, job: Job, worker_id: uuid.UUID | None) -> None:
+        self.hub, self.job, self.worker_id = hub, job, worker_id
+        self._stack: ExitStack | None = None
+        self.started = 0.0
+
+    def __enter__(self) -> _Run:
+        hub, job = self.hub, self.job
+        if hub._scopes:
+            stack = self._stack = ExitStack()
+            for scope in hub._scopes:
                 try:
                     stack.enter_context(_guarded(scope(job)))
                 except Exception:
                     log.exception("handler scope %r failed for job %s", scope, job.id)
-            run = _Run(self, job, worker_id)
-            yield run
-
-
-class _Run:
-    """One handler run being observed: emits ``started`` now and the outcome once known."""
-
-    __slots__ = ("hub", "job", "started", "worker_id")
-
-    def __init__(self, hub: EventHub, job: Job, worker_id: uuid.UUID | None) -> None:
-        self.hub, self.job, self.worker_id = hub, job, worker_id
         self.started = time.monotonic()
         if hub.wants("started"):
             wait = None
@@ -302,8 +312,13 @@ class _Run:
                 due = max(job.run_at, job.created_at) if job.run_at else job.created_at
                 wait = max((job.started_at - due).total_seconds(), 0.0)
             hub.emit(
-                Started(job.id, job.task, job.queue, job.attempt, worker_id, time.time(), wait)
+                Started(job.id, job.task, job.queue, job.attempt, self.worker_id, time.time(), wait)
             )
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._stack is not None:
+            self._stack.__exit__(*exc_info)
 
     def finished(self, outcome: Outcome) -> None:
         """Emit the event of ``outcome``; nothing for a run stopped by shutdown (the job is

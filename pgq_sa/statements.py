@@ -110,6 +110,7 @@ class Statements:
     retry_finished: Executable
     set_paused: Executable
     list_queues: Executable
+    live_job_counts: Executable
     register_worker: Executable
     heartbeat: Executable
     deregister_worker: Executable
@@ -142,6 +143,7 @@ class Statements:
             retry_finished=_retry_finished(tables),
             set_paused=_set_paused(tables),
             list_queues=_list_queues(tables),
+            live_job_counts=_live_job_counts(tables),
             register_worker=_register_worker(tables),
             heartbeat=_heartbeat(tables),
             deregister_worker=_deregister_worker(tables),
@@ -377,6 +379,27 @@ def _list_queues(tables: QueueTables) -> Executable:
         )
         .select_from(live.join(queues, queues.c.name == live.c.queue, full=True))
         .order_by(name)
+    )
+
+
+def _live_job_counts(tables: QueueTables) -> Executable:
+    """Live jobs per queue, task and state, how many queued ones are due, and how long the
+    oldest due one has waited (seconds): the queue-depth gauges, read at scrape time."""
+    jobs = tables.jobs
+    due = and_(in_states(jobs.c.state, "queued"), jobs.c.run_at <= func.now())
+    oldest = func.min(jobs.c.run_at).filter(due)
+    return (
+        select(
+            jobs.c.queue,
+            jobs.c.task,
+            jobs.c.state,
+            func.count().label("jobs"),
+            func.count().filter(due).label("due"),
+            func.coalesce(func.extract("epoch", func.now() - oldest), 0).label("oldest_due_age"),
+        )
+        .where(in_states(jobs.c.state, "queued", "running"))
+        .group_by(jobs.c.queue, jobs.c.task, jobs.c.state)
+        .order_by(jobs.c.queue, jobs.c.task, jobs.c.state)
     )
 
 
