@@ -5,6 +5,8 @@ enqueued on the application's own Session or Connection, in its transaction; a t
 and an anyio worker (asyncio or trio) run them with the same SQL.
 """
 
+import logging
+
 from pgq_sa.job import Job, JobError, JobInfo, JobSpec, Retry
 from pgq_sa.queue import Queue
 from pgq_sa.schema import JobStatus
@@ -24,3 +26,6 @@ __all__ = [
     "ThreadWorker",
 ]
 __version__ = "0.1.0"
+
+# Every logger of the package is "pgq_sa.<part>"; the application decides where they go.
+logging.getLogger("pgq_sa").addHandler(logging.NullHandler())

@@ -543,6 +543,12 @@ def _where(error: Exception) -> str:
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True)
 @click.option("--until-empty", is_flag=True, help="exit once no due job is left")
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="serve Prometheus /metrics on this port (extra 'prometheus')",
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="address for /metrics")
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -564,6 +570,8 @@ def run(
     poll_interval: float,
     shutdown_timeout: float,
     until_empty: bool,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
 ) -> None:
     """Run a worker for the Queue object at MODULE:QUEUE until SIGINT/SIGTERM."""
@@ -579,6 +587,8 @@ def run(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if metrics_port is not None:
+        _serve_metrics(context, queue, metrics_host, metrics_port)
     names = [n.strip() for n in queue_names.split(",")] if queue_names else None
     common: dict[str, Any] = {
         "batch_size": batch_size,
@@ -601,6 +611,20 @@ def run(
         ThreadWorker(queue, context.url, threads=threads or 8, **common).run(
             until_empty=until_empty
         )
+
+
+def _serve_metrics(context: Context, queue: Queue, host: str, port: int) -> None:
+    """Count the queue's events and serve them, with the depth gauges, until the process ends."""
+    try:
+        from pgq_sa.contrib.prometheus import PrometheusMetrics, serve
+    except ImportError as error:
+        _fail(str(error))
+    PrometheusMetrics(queue, context.engine)
+    try:
+        server = serve(port, host)
+    except OSError as error:
+        _fail(f"cannot serve metrics on {host}:{port}: {error.strerror or error}")
+    click.echo(f"metrics on http://{host}:{server.server_port}/metrics", err=True)
 
 
 # --- demo --------------------------------------------------------------------------------------

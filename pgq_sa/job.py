@@ -90,6 +90,9 @@ class Job:
     queue: str
     created_at: datetime
     scheduled_at: datetime | None = None
+    run_at: datetime | None = None  # when the job was due
+    started_at: datetime | None = None  # when this attempt was claimed (database clock)
+    meta: dict[str, Any] | None = field(default=None, repr=False)  # e.g. a trace context
     cancel_reason: str | None = field(default=None, repr=False)
     _cancel_callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
     _cancel_event: threading.Event | None = field(default=None, repr=False)

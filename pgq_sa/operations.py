@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pgq_sa.events import EventHub
 from pgq_sa.executors import Operation
 from pgq_sa.job import JobError, JobInfo
 from pgq_sa.schema import JobStatus
@@ -32,6 +33,7 @@ class NewJob:
     run_at: datetime | None
     delay: float | None
     dedupe_key: str | None
+    meta: str | None = None  # JSON text, from the queue's meta providers
 
 
 def _json_array(values: list[Any]) -> str:
@@ -39,6 +41,13 @@ def _json_array(values: list[Any]) -> str:
     if all(value is None for value in values):
         return "[]"
     return json.dumps(values, ensure_ascii=False)
+
+
+def _json_texts(texts: list[str | None]) -> str:
+    """A JSON array of values already serialised; ``[]`` when all are None."""
+    if all(value is None for value in texts):
+        return "[]"
+    return "[" + ",".join(value or "null" for value in texts) + "]"
 
 
 def _json_columns(jobs: Sequence[NewJob]) -> dict[str, str]:
@@ -55,15 +64,19 @@ def _json_columns(jobs: Sequence[NewJob]) -> dict[str, str]:
         "run_at": _json_array([job.run_at.isoformat() if job.run_at else None for job in jobs]),
         "delay": _json_array([job.delay for job in jobs]),
         "dedupe_key": _json_array([job.dedupe_key for job in jobs]),
+        "meta": _json_texts([job.meta for job in jobs]),
     }
 
 
-def enqueue(statements: Statements, jobs: Sequence[NewJob]) -> Operation[list[int]]:
+def enqueue(
+    statements: Statements, jobs: Sequence[NewJob], events: EventHub | None = None
+) -> Operation[list[int]]:
     """Insert ``jobs`` in one statement; a held dedupe key resolves to its holder's id.
 
     Race-free: the insert either takes the key or waits for (and yields to) the concurrent
     transaction that holds it; the holder is then read in a fresh statement. If the holder
-    finished in between, the job is inserted again, a bounded number of times.
+    finished in between, the job is inserted again, a bounded number of times. ``events``
+    hears of each job an insert created, as soon as the statement ran (before any commit).
     """
     ids: list[int | None] = [None] * len(jobs)
     pending = list(range(len(jobs)))
@@ -75,6 +88,10 @@ def enqueue(statements: Statements, jobs: Sequence[NewJob]) -> Operation[list[in
         skipped = [pending[ordinal - 1] for ordinal in row.skipped or ()]
         for index in skipped:
             ids[index] = None
+        if events is not None and events.active:
+            events.enqueued(
+                [(job_id, jobs[i].task, jobs[i].queue) for i in pending if (job_id := ids[i])]
+            )
         if not skipped:
             break
         keys = sorted({jobs[i].dedupe_key for i in skipped if jobs[i].dedupe_key is not None})

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import MetaData
 
 from pgq_sa import operations, validation
+from pgq_sa.events import EventHub
 from pgq_sa.executors import run_async, run_sync
 from pgq_sa.job import JobInfo, JobSpec
 from pgq_sa.scheduling import CronSchedule, cron_schedule
@@ -52,6 +53,7 @@ class Queue:
         self.max_payload_bytes = validation.byte_limit(max_payload_bytes, "max_payload_bytes")
         self._tasks: dict[str, TaskDefinition] = {}
         self._schedules: dict[str, CronSchedule] = {}
+        self.events = EventHub()  # observers: see pgq_sa.events
 
     def __repr__(self) -> str:
         return f"Queue(schema={self.schema!r}, tasks={sorted(self._tasks)!r})"
@@ -179,6 +181,7 @@ class Queue:
         if delay is not None and run_at is not None:
             raise ValueError("pass delay or run_at, not both")
         task_name, queue_name, job_priority, job_max_attempts = options
+        events = self.events
         return operations.NewJob(
             task=task_name,
             queue=queue_name,
@@ -188,6 +191,7 @@ class Queue:
             run_at=None if run_at is None else validation.run_at(run_at),
             delay=0.0 if delay is None else validation.seconds(delay, "delay"),
             dedupe_key=validation.dedupe_key(dedupe_key),
+            meta=events.job_meta(task_name, queue_name) if events.active else None,
         )
 
     def _job_options(
@@ -262,14 +266,14 @@ class Queue:
             queue=queue,
             max_attempts=max_attempts,
         )
-        return run_sync(bind, operations.enqueue(self.statements, [job]))[0]
+        return run_sync(bind, operations.enqueue(self.statements, [job], self.events))[0]
 
     def enqueue_many(self, bind: Any, specs: Iterable[JobSpec]) -> list[int]:
         """Enqueue many jobs in one statement; ids come back in the order of ``specs``."""
         jobs = self._new_jobs(specs)
         if not jobs:
             return []
-        return run_sync(bind, operations.enqueue(self.statements, jobs))
+        return run_sync(bind, operations.enqueue(self.statements, jobs, self.events))
 
     def get(self, bind: Any, job_id: int) -> JobInfo | None:
         """The job ``job_id`` as stored now, or None."""
@@ -325,14 +329,14 @@ class Queue:
             queue=queue,
             max_attempts=max_attempts,
         )
-        return (await run_async(bind, operations.enqueue(self.statements, [job])))[0]
+        return (await run_async(bind, operations.enqueue(self.statements, [job], self.events)))[0]
 
     async def enqueue_many_async(self, bind: Any, specs: Iterable[JobSpec]) -> list[int]:
         """:meth:`enqueue_many` on an async bind."""
         jobs = self._new_jobs(specs)
         if not jobs:
             return []
-        return await run_async(bind, operations.enqueue(self.statements, jobs))
+        return await run_async(bind, operations.enqueue(self.statements, jobs, self.events))
 
     async def get_async(self, bind: Any, job_id: int) -> JobInfo | None:
         return await run_async(bind, operations.get(self.statements, _job_id(job_id)))

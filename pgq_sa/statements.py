@@ -56,6 +56,7 @@ ENQUEUE_COLUMNS = (
     "run_at",
     "delay",
     "dedupe_key",
+    "meta",
 )
 _ENQUEUE_SOURCE = """
 SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
@@ -63,7 +64,7 @@ SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
        t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
        coalesce(t.run_at::timestamptz,
                 now() + t.delay::double precision * interval '1 second') AS run_at,
-       t.dedupe_key
+       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta
   FROM ROWS FROM (
          json_array_elements_text(CAST(:task AS json)),
          json_array_elements_text(CAST(:queue AS json)),
@@ -72,9 +73,10 @@ SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
          json_array_elements_text(CAST(:max_attempts AS json)),
          json_array_elements_text(CAST(:run_at AS json)),
          json_array_elements_text(CAST(:delay AS json)),
-         json_array_elements_text(CAST(:dedupe_key AS json))
+         json_array_elements_text(CAST(:dedupe_key AS json)),
+         jsonb_array_elements(CAST(:meta AS jsonb))
        ) WITH ORDINALITY AS t(task, queue, payload, priority, max_attempts, run_at, delay,
-                              dedupe_key, ord)
+                              dedupe_key, meta, ord)
 """
 
 
@@ -115,6 +117,7 @@ class Statements:
     retry_finished: Executable
     set_paused: Executable
     list_queues: Executable
+    live_job_counts: Executable
     register_worker: Executable
     heartbeat: Executable
     deregister_worker: Executable
@@ -148,6 +151,7 @@ class Statements:
             retry_finished=_retry_finished(tables),
             set_paused=_set_paused(tables),
             list_queues=_list_queues(tables),
+            live_job_counts=_live_job_counts(tables),
             register_worker=_register_worker(tables),
             heartbeat=_heartbeat(tables),
             deregister_worker=_deregister_worker(tables),
@@ -196,13 +200,24 @@ def _enqueue(tables: QueueTables) -> Executable:
             column("max_attempts", Integer),
             column("run_at", DateTime(timezone=True)),
             column("dedupe_key", Text),
+            column("meta", JSONB),
         )
         .cte("input")
     )
     inserted = (
         insert(jobs)
         .from_select(
-            ["id", "task", "queue", "payload", "priority", "max_attempts", "run_at", "dedupe_key"],
+            [
+                "id",
+                "task",
+                "queue",
+                "payload",
+                "priority",
+                "max_attempts",
+                "run_at",
+                "dedupe_key",
+                "meta",
+            ],
             select(
                 source.c.id,
                 source.c.task,
@@ -212,6 +227,7 @@ def _enqueue(tables: QueueTables) -> Executable:
                 source.c.max_attempts,
                 source.c.run_at,
                 source.c.dedupe_key,
+                source.c.meta,
             ),
         )
         .on_conflict_do_nothing(
@@ -375,6 +391,27 @@ def _list_queues(tables: QueueTables) -> Executable:
     )
 
 
+def _live_job_counts(tables: QueueTables) -> Executable:
+    """Live jobs per queue, task and state, how many queued ones are due, and how long the
+    oldest due one has waited (seconds): the queue-depth gauges, read at scrape time."""
+    jobs = tables.jobs
+    due = and_(in_states(jobs.c.state, "queued"), jobs.c.run_at <= func.now())
+    oldest = func.min(jobs.c.run_at).filter(due)
+    return (
+        select(
+            jobs.c.queue,
+            jobs.c.task,
+            jobs.c.state,
+            func.count().label("jobs"),
+            func.count().filter(due).label("due"),
+            func.coalesce(func.extract("epoch", func.now() - oldest), 0).label("oldest_due_age"),
+        )
+        .where(in_states(jobs.c.state, "queued", "running"))
+        .group_by(jobs.c.queue, jobs.c.task, jobs.c.state)
+        .order_by(jobs.c.queue, jobs.c.task, jobs.c.state)
+    )
+
+
 # --- workers -----------------------------------------------------------------------------------
 
 
@@ -461,6 +498,9 @@ def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
             jobs.c.timeout,
             jobs.c.scheduled_at,
             jobs.c.cancel_requested,
+            jobs.c.run_at,
+            jobs.c.started_at,
+            jobs.c.meta,
         )
     )
 
@@ -583,6 +623,7 @@ def _rescue(tables: QueueTables) -> Executable:
     ``lease_timeout`` seconds, and forget those workers. Safe when every worker runs it at once:
     dead workers and their jobs are taken with SKIP LOCKED, so each is rescued by one of them.
     The attempt that was running counts. Running jobs whose worker row is gone are rescued too.
+    ``jobs`` lists the rescued jobs (id, task, queue, attempt, lost worker, new state).
     """
     s = tables.schema
     channel = notify_channel(s)
@@ -595,7 +636,7 @@ WITH dead AS (
        FOR UPDATE SKIP LOCKED
 ),
 orphans AS (
-    SELECT j.id FROM "{s}".jobs AS j
+    SELECT j.id, j.worker_id FROM "{s}".jobs AS j
      WHERE j.state = 'running'
        AND (j.worker_id IN (SELECT id FROM dead)
             OR NOT EXISTS (SELECT 1 FROM "{s}".workers AS w WHERE w.id = j.worker_id))
@@ -620,7 +661,7 @@ rescued AS (
                'attempt', j.attempt)::jsonb
       FROM orphans
      WHERE j.id = orphans.id
-    RETURNING j.id, j.state, j.task
+    RETURNING j.id, j.state, j.task, j.queue, j.attempt, orphans.worker_id AS lost_worker
 ),
 forgotten AS (
     DELETE FROM "{s}".workers WHERE id IN (SELECT id FROM dead) RETURNING id
@@ -628,6 +669,8 @@ forgotten AS (
 SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
        (SELECT count(*) FROM rescued WHERE state <> 'queued') AS failed,
        (SELECT count(*) FROM forgotten) AS workers,
+       (SELECT json_agg(json_build_array(id, task, queue, attempt, lost_worker, state))
+          FROM rescued) AS jobs,
        (SELECT pg_notify('{channel}',
                          json_build_object('reason', 'rescue',
                                            'tasks', json_agg(DISTINCT task))::text)
@@ -639,6 +682,7 @@ SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
             column("requeued", BigInteger),
             column("failed", BigInteger),
             column("workers", BigInteger),
+            column("jobs", JSON),
         )
     )
 
@@ -754,7 +798,8 @@ claimed AS (
       FROM picked
      WHERE j.id = picked.id
     RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, j.priority, j.queue,
-              j.created_at, j.timeout, j.scheduled_at, j.cancel_requested
+              j.created_at, j.timeout, j.scheduled_at, j.cancel_requested, j.run_at,
+              j.started_at, j.meta
 ),
 paced AS (
     UPDATE "{s}".task_limits AS l
@@ -785,6 +830,9 @@ SELECT claimed.*, (SELECT count(*) FROM paced) AS paced FROM claimed
             column("timeout", Double),
             column("scheduled_at", DateTime(timezone=True)),
             column("cancel_requested", Boolean),
+            column("run_at", DateTime(timezone=True)),
+            column("started_at", DateTime(timezone=True)),
+            column("meta", JSONB),
         )
     )
 

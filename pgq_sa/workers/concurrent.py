@@ -462,7 +462,9 @@ class AsyncWorker:
             if item.cancel_requested:
                 job.request_cancel("cancel")
             if definition.is_async:
-                outcome = await self._jobs.run(definition, job, timeout)
+                outcome = await self._jobs.run(
+                    definition, job, timeout, self.queue.events, self.identity.id
+                )
             else:
                 outcome = await self._run_in_thread(definition, job, timeout)
         except anyio.get_cancelled_exc_class():
@@ -495,6 +497,8 @@ class AsyncWorker:
                 definition,
                 job,
                 timeout,
+                self.queue.events,
+                self.identity.id,
                 limiter=self._thread_limiter,
                 abandon_on_cancel=True,
             )
@@ -577,7 +581,9 @@ class AsyncWorker:
         statements, queue, options = self.queue.statements, self.queue, self.options
         while True:
             await anyio.sleep(options.heartbeat_interval)
-            await self._call("rescue", partial(protocol.rescue, statements, options.lease_timeout))
+            await self._call(
+                "rescue", partial(protocol.rescue, statements, options.lease_timeout, queue.events)
+            )
             for _ in range(MAX_PRUNE_ROUNDS):
                 removed = await self._call(
                     "prune",

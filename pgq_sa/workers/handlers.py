@@ -2,7 +2,9 @@
 
 Shared by both workers: ``run_sync_handler`` runs a ``def`` handler on the calling thread;
 ``run_async_handler`` runs an ``async def`` handler on the current event loop inside a cancel
-scope, so a timeout or a cancellation really stops it.
+scope, so a timeout or a cancellation really stops it. Both report the run to the queue's
+:class:`~pgq_sa.events.EventHub` (``started`` and the outcome, inside its handler scopes) when
+anything is attached to it, and cost one attribute check when nothing is.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import uuid
 from typing import Any
 
 import anyio
 
 from pgq_sa import decisions
 from pgq_sa.decisions import JobCancelled, JobTimeout, Outcome
+from pgq_sa.events import EventHub
 from pgq_sa.job import Job
 from pgq_sa.tasks import TaskDefinition
 
@@ -33,8 +37,23 @@ def _interrupted(job: Job, timeout: float | None) -> Outcome:
     )
 
 
-def run_sync_handler(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+def run_sync_handler(
+    definition: TaskDefinition,
+    job: Job,
+    timeout: float | None,
+    events: EventHub | None = None,
+    worker_id: uuid.UUID | None = None,
+) -> Outcome:
     """Call a ``def`` handler; it sees a timeout or cancellation through ``job.cancelled``."""
+    if events is None or not events.active:
+        return _run_sync(definition, job, timeout)
+    with events.handling(job, worker_id) as run:
+        outcome = _run_sync(definition, job, timeout)
+        run.finished(outcome)
+    return outcome
+
+
+def _run_sync(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
     started = time.monotonic()
     try:
         value: Any = definition.handler(job)
@@ -53,8 +72,23 @@ def run_sync_handler(definition: TaskDefinition, job: Job, timeout: float | None
     return decisions.succeeded(job.id, job.attempt, value)
 
 
-async def run_async_handler(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+async def run_async_handler(
+    definition: TaskDefinition,
+    job: Job,
+    timeout: float | None,
+    events: EventHub | None = None,
+    worker_id: uuid.UUID | None = None,
+) -> Outcome:
     """Await an ``async def`` handler; a timeout or cancellation cancels it for real."""
+    if events is None or not events.active:
+        return await _run_async(definition, job, timeout)
+    with events.handling(job, worker_id) as run:
+        outcome = await _run_async(definition, job, timeout)
+        run.finished(outcome)
+    return outcome
+
+
+async def _run_async(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
     scope = anyio.CancelScope()
     if timeout is not None:
         scope.deadline = anyio.current_time() + timeout

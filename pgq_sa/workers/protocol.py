@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from pgq_sa.decisions import Outcome, finish_parameters
+from pgq_sa.events import EventHub, rescued
 from pgq_sa.executors import Operation
 from pgq_sa.job import Job
 from pgq_sa.statements import Statements
@@ -152,6 +153,9 @@ def _claimed(rows: Sequence[Any]) -> list[Claimed]:
                 queue=row.queue,
                 created_at=row.created_at,
                 scheduled_at=row.scheduled_at,
+                run_at=row.run_at,
+                started_at=row.started_at,
+                meta=row.meta,
             ),
             timeout=row.timeout,
             cancel_requested=row.cancel_requested,
@@ -228,10 +232,15 @@ class Rescue:
     workers: int
 
 
-def rescue(statements: Statements, lease_timeout: float) -> Operation[Rescue]:
-    """Requeue the jobs of workers silent for longer than ``lease_timeout``."""
+def rescue(
+    statements: Statements, lease_timeout: float, events: EventHub | None = None
+) -> Operation[Rescue]:
+    """Requeue the jobs of workers silent for longer than ``lease_timeout``; ``events`` hears
+    of each job rescued."""
     (row,) = yield statements.rescue, {"lease_timeout": lease_timeout}
     result = Rescue(int(row.requeued), int(row.failed), int(row.workers))
+    if events is not None and events.active:
+        rescued(events, row.jobs)
     if result.requeued or result.failed or result.workers:
         log.warning(
             "rescued the jobs of %d silent workers: %d queued again, %d failed (out of attempts)",

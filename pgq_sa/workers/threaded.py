@@ -362,6 +362,7 @@ class ThreadWorker:
     # --- handler threads -----------------------------------------------------------------------
 
     def _handle_jobs(self) -> None:
+        observers = (self.queue.events, self.identity.id)
         while (item := self._work.get()) is not None:
             job = item.job
             if self._stopping.is_set():  # claimed but not started: handed back at shutdown
@@ -379,9 +380,11 @@ class ThreadWorker:
             try:
                 if definition.is_async:
                     assert self._portal is not None
-                    outcome = self._portal.call(run_async_handler, definition, job, timeout)
+                    outcome = self._portal.call(
+                        run_async_handler, definition, job, timeout, *observers
+                    )
                 else:
-                    outcome = self._jobs.run(definition, job, timeout)
+                    outcome = self._jobs.run(definition, job, timeout, *observers)
             except BaseException as error:
                 log.exception("job %s: the worker failed around its handler", job.id)
                 from pgq_sa import decisions
@@ -464,7 +467,10 @@ class ThreadWorker:
         """Rescue the jobs of silent workers and prune old finished jobs, on every worker."""
         statements, queue, options = self.queue.statements, self.queue, self.options
         while not self._closing.wait(options.heartbeat_interval):
-            self._call("rescue", partial(protocol.rescue, statements, options.lease_timeout))
+            self._call(
+                "rescue",
+                partial(protocol.rescue, statements, options.lease_timeout, queue.events),
+            )
             for _ in range(MAX_PRUNE_ROUNDS):
                 removed = self._call(
                     "prune",

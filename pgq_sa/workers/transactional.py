@@ -34,6 +34,7 @@ from sqlalchemy.pool import Pool, QueuePool
 from pgq_sa import decisions
 from pgq_sa.config import make_engine
 from pgq_sa.decisions import Outcome
+from pgq_sa.events import EventHub
 from pgq_sa.executors import run_async, run_sync
 from pgq_sa.job import Job
 from pgq_sa.statements import Statements
@@ -151,24 +152,36 @@ class SyncJobs:
         engine = make_engine(url, pool_size=size, max_overflow=options.capacity - size)
         return cls(engine, statements, worker_id, options.capacity, owned=True)
 
-    def run(self, definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+    def run(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None = None,
+        worker_id: uuid.UUID | None = None,
+    ) -> Outcome:
         if not definition.transactional:
-            return run_sync_handler(definition, job, timeout)
+            return run_sync_handler(definition, job, timeout, events, worker_id)
         assert self._engine is not None
         with self._slots:
             try:
                 with self._engine.connect() as connection:
-                    return self._attempt(connection, definition, job, timeout)
+                    return self._attempt(connection, definition, job, timeout, events)
             except Exception as error:
                 return _failed_around(job, error)
 
     def _attempt(
-        self, connection: Connection, definition: TaskDefinition, job: Job, timeout: float | None
+        self,
+        connection: Connection,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None,
     ) -> Outcome:
         transaction = connection.begin()
         job._connection = connection
         try:
-            outcome = run_sync_handler(definition, job, timeout)
+            outcome = run_sync_handler(definition, job, timeout, events, self._worker_id)
         finally:
             job._connection = None
         ended = outcome.state == "succeeded" and not transaction.is_active
@@ -236,14 +249,25 @@ class AsyncJobs:
         return cls(engine, sync, statements, worker_id, slots)
 
     def run(
-        self, definition: TaskDefinition, job: Job, timeout: float | None
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None = None,
+        worker_id: uuid.UUID | None = None,
     ) -> Coroutine[Any, Any, Outcome]:
         """The coroutine running the handler (the plain one for other tasks: no extra frame)."""
         if not definition.transactional:
-            return run_async_handler(definition, job, timeout)
-        return self._run(definition, job, timeout)
+            return run_async_handler(definition, job, timeout, events, worker_id)
+        return self._run(definition, job, timeout, events)
 
-    async def _run(self, definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+    async def _run(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None = None,
+    ) -> Outcome:
         assert self._engine is not None
         async with self._slots:
             try:
@@ -251,7 +275,7 @@ class AsyncJobs:
             except Exception as error:
                 return _failed_around(job, error)
             try:
-                return await self._attempt(connection, definition, job, timeout)
+                return await self._attempt(connection, definition, job, timeout, events)
             except Exception as error:
                 return _failed_around(job, error)
             finally:
@@ -264,11 +288,12 @@ class AsyncJobs:
         definition: TaskDefinition,
         job: Job,
         timeout: float | None,
+        events: EventHub | None,
     ) -> Outcome:
         transaction = await connection.begin()
         job._connection = connection
         try:
-            outcome = await run_async_handler(definition, job, timeout)
+            outcome = await run_async_handler(definition, job, timeout, events, self._worker_id)
         finally:
             job._connection = None
         with anyio.CancelScope(shield=True):  # finish and commit (or roll back) as one
