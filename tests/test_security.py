@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import anyio
 import psycopg
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ProgrammingError
 
 from pgq_sa import AsyncWorker, Job, JobSpec, JobStatus, Queue, ThreadWorker, roles
+from pgq_sa.cli import cli
 from pgq_sa.config import make_engine
 from pgq_sa.migrations import db_upgrade
 from pgq_sa.schema import finished_channel, notify_channel
@@ -191,7 +193,15 @@ def test_least_privilege_roles(roles_db, kind, caplog):
     queue = _sample_queue(ran)
     try:
         db_upgrade(owner)
-        roles.grant(owner, worker=roles_db.worker_name, producer=roles_db.producer_name)
+        if kind == "thread":
+            roles.grant(owner, worker=roles_db.worker_name, producer=roles_db.producer_name)
+        else:  # the same through the command line
+            owner_url = roles_db.owner.render_as_string(hide_password=False)
+            arguments = ["--database-url", owner_url, "db", "grant"]
+            arguments += ["--worker", roles_db.worker_name, "--producer", roles_db.producer_name]
+            result = CliRunner().invoke(cli, arguments, catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            assert "privileges granted" in result.output
 
         # The producer enqueues, and its insert still wakes listeners (the trigger runs as it).
         listener = psycopg.connect(conninfo(roles_db.worker), autocommit=True)
