@@ -315,3 +315,55 @@ def test_grant_script_and_role_names():
         roles.grant_statements()
     with pytest.raises(ValueError, match="schema"):
         roles.grant_statements("Bad; drop", worker="w")
+
+
+# --- no SQL from user strings ------------------------------------------------------------------
+
+
+def _sql_texts(schema: str) -> dict[str, str]:
+    from dataclasses import fields
+
+    from sqlalchemy.dialects import postgresql
+
+    statements = Queue(schema=schema).statements
+    dialect = postgresql.dialect()
+    return {
+        field.name: str(getattr(statements, field.name).compile(dialect=dialect))
+        for field in fields(statements)
+        if field.name != "tables"
+    }
+
+
+def test_the_schema_is_the_only_input_in_sql_text():
+    """Every statement is built once per schema; rebuilt for another schema, only the schema's
+    name changes in its text: no other input ever becomes SQL."""
+    ours, theirs = _sql_texts("pgq"), _sql_texts("zz_other_queue")
+    assert ours.keys() == theirs.keys()
+    for name, sql in ours.items():
+        assert theirs[name].replace("zz_other_queue", "pgq") == sql, name
+
+
+def test_hostile_values_travel_as_parameters(engine):
+    """What a caller passes is sent as bind parameters; the statement text never contains it."""
+    from sqlalchemy import event
+
+    sent: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    queue = Queue()
+    hostile = "x'); drop table pgq.jobs; --"
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        job_id = queue.enqueue(engine, hostile, {hostile: hostile}, dedupe_key=hostile)
+        queue.enqueue_many(engine, [JobSpec(hostile, queue=hostile)])
+        queue.get(engine, job_id)
+        queue.cancel(engine, job_id)
+        queue.pause(engine, hostile)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert sent
+    assert not [statement for statement, _ in sent if "drop table" in statement]
+    assert any(hostile in str(parameters) for _, parameters in sent)
+    assert queue.get(engine, job_id).task == hostile
