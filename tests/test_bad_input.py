@@ -561,6 +561,33 @@ def test_cli_refuses_with_a_message(populated, shared_url, apps, args, message):
     assert snapshot(populated) == before
 
 
+NEEDS_THE_DATABASE = (
+    "424242",
+    "not queued or running",
+    "not failed or cancelled",
+    "no schedule named",
+    "pgq-sa db upgrade",
+    "does not exist",
+)
+BEFORE_THE_DATABASE = [
+    (args, message)
+    for args, message in CLI_CASES
+    if not any(marker in message for marker in NEEDS_THE_DATABASE)
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BEFORE_THE_DATABASE)
+def test_cli_refuses_before_connecting(apps, args, message):
+    """Pointed at a server that does not exist, these still get their own message: they were
+    refused before any connection (let alone SQL) was attempted."""
+    result = CliRunner().invoke(
+        cli, ["--database-url", "postgresql://nobody@127.0.0.1:1/none", *args]
+    )
+    assert result.exit_code not in (0, None), result.output
+    assert message in result.output
+    assert "cannot reach" not in result.output
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
