@@ -367,3 +367,12 @@ def test_hostile_values_travel_as_parameters(engine):
     assert not [statement for statement, _ in sent if "drop table" in statement]
     assert any(hostile in str(parameters) for _, parameters in sent)
     assert queue.get(engine, job_id).task == hostile
+
+
+def test_the_demo_refuses_a_hostile_schema_before_dropping_anything(engine):
+    from pgq_sa.demo import run_demo
+
+    for name in ('pgq" CASCADE; DROP SCHEMA pgq CASCADE; --', "public", "PGQ"):
+        with pytest.raises(ValueError, match="schema"):
+            run_demo(engine, name, 1)
+    assert Queue().enqueue(engine, "still.there") >= 1
