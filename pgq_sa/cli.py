@@ -196,6 +196,33 @@ def db_check(context: Context) -> None:
     _fail(f"schema {context.schema!r} differs from the metadata")
 
 
+@db.command("grant")
+@click.option("--worker", "worker_role", metavar="ROLE", help="role the workers log in as")
+@click.option("--producer", "producer_role", metavar="ROLE", help="role that enqueues jobs")
+@click.option("--print", "print_only", is_flag=True, help="print the SQL instead of running it")
+@pass_context
+@handles_errors
+def db_grant(
+    context: Context, worker_role: str | None, producer_role: str | None, print_only: bool
+) -> None:
+    """Grant a worker role and/or a producer role what they need (run as the schema's owner).
+
+    See docs/security.md: the owner migrates, workers get read/write on the queue's tables,
+    producers may only insert, read and cancel jobs.
+    """
+    from pgq_sa import roles
+
+    if print_only:
+        click.echo(
+            roles.grant_script(context.schema, worker=worker_role, producer=producer_role), nl=False
+        )
+        return
+    roles.grant(context.engine, context.schema, worker=worker_role, producer=producer_role)
+    named = (("worker", worker_role), ("producer", producer_role))
+    granted = " and ".join(f"the {kind} role {role!r}" for kind, role in named if role is not None)
+    click.echo(f"schema {context.schema!r}: privileges granted to {granted}")
+
+
 # --- enqueue and jobs --------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from pgq_sa.job import Job, JobSpec
 from pgq_sa.migrations import db_upgrade
 from pgq_sa.queue import Queue
+from pgq_sa.schema import validate_schema_name
 from pgq_sa.workers import AsyncWorker, ThreadWorker
 
 
@@ -58,6 +59,7 @@ def _counts(engine: Engine, schema: str) -> Counter[str]:
 
 
 def run_demo(engine: Engine, schema: str, jobs: int) -> None:
+    validate_schema_name(schema)  # before it is dropped and recreated
     with engine.begin() as connection:
         connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     db_upgrade(engine, schema=schema)

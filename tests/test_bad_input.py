@@ -522,6 +522,10 @@ CLI_CASES = [
     (["--schema", "", "enqueue", "t"], "not allowed"),
     (["--schema", "a" * 64, "enqueue", "t"], "not allowed"),
     (["--schema", "nowhere", "enqueue", "t"], "pgq-sa db upgrade"),
+    (["db", "grant"], "name a worker role, a producer role, or both"),
+    (["db", "grant", "--worker", "public"], "reserved"),
+    (["db", "grant", "--producer", ""], "1 to 63 bytes"),
+    (["db", "grant", "--worker", "no_such_role_x'\"; --"], "does not exist"),
     (["run", "sample_app"], "MODULE:QUEUE"),
     (["run", ":queue"], "MODULE:QUEUE"),
     (["run", "no_such_module:queue"], "cannot import"),
@@ -555,6 +559,33 @@ def test_cli_refuses_with_a_message(populated, shared_url, apps, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert snapshot(populated) == before
+
+
+NEEDS_THE_DATABASE = (
+    "424242",
+    "not queued or running",
+    "not failed or cancelled",
+    "no schedule named",
+    "pgq-sa db upgrade",
+    "does not exist",
+)
+BEFORE_THE_DATABASE = [
+    (args, message)
+    for args, message in CLI_CASES
+    if not any(marker in message for marker in NEEDS_THE_DATABASE)
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BEFORE_THE_DATABASE)
+def test_cli_refuses_before_connecting(apps, args, message):
+    """Pointed at a server that does not exist, these still get their own message: they were
+    refused before any connection (let alone SQL) was attempted."""
+    result = CliRunner().invoke(
+        cli, ["--database-url", "postgresql://nobody@127.0.0.1:1/none", *args]
+    )
+    assert result.exit_code not in (0, None), result.output
+    assert message in result.output
+    assert "cannot reach" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import anyio
 import psycopg
+from psycopg import sql
 from sqlalchemy.engine import URL
 
 from pgq_sa.config import sync_url
@@ -92,7 +93,7 @@ class ListenConnection:
         connection = psycopg.connect(self._conninfo, autocommit=True)
         try:
             for channel in self._channels:
-                connection.execute(f'LISTEN "{channel}"')  # channels come from validated schemas
+                connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except BaseException:
             connection.close()
             raise
