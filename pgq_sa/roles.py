@@ -41,7 +41,17 @@ PRODUCER_PLAN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "jobs",
         "INSERT",
-        ("id", "task", "queue", "payload", "priority", "max_attempts", "run_at", "dedupe_key"),
+        (
+            "id",
+            "task",
+            "queue",
+            "payload",
+            "priority",
+            "max_attempts",
+            "run_at",
+            "dedupe_key",
+            "meta",
+        ),
     ),
     ("jobs", "UPDATE", ("state", "finished_at", "cancel_requested")),  # cancel
 )

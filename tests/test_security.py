@@ -302,7 +302,7 @@ def test_grant_script_and_role_names():
     script = roles.grant_script("pgq_app", worker='we"ird', producer="App Producer")
     assert 'GRANT USAGE ON SCHEMA "pgq_app" TO "we""ird";' in script
     assert (
-        "GRANT INSERT (id, task, queue, payload, priority, max_attempts, run_at, dedupe_key) "
+        "GRANT INSERT (id, task, queue, payload, priority, max_attempts, run_at, dedupe_key, meta) "
         'ON TABLE pgq_app.jobs TO "App Producer";'
     ) in script
     assert "DELETE" not in script.split('"App Producer"', 1)[1]
@@ -321,17 +321,27 @@ def test_grant_script_and_role_names():
 
 
 def _sql_texts(schema: str) -> dict[str, str]:
-    from dataclasses import fields
+    """The SQL text of every statement of a schema's Statements, nested groups included."""
+    from dataclasses import fields, is_dataclass
 
     from sqlalchemy.dialects import postgresql
 
-    statements = Queue(schema=schema).statements
     dialect = postgresql.dialect()
-    return {
-        field.name: str(getattr(statements, field.name).compile(dialect=dialect))
-        for field in fields(statements)
-        if field.name != "tables"
-    }
+    texts: dict[str, str] = {}
+
+    def collect(name: str, value: object) -> None:
+        if is_dataclass(value):
+            for field in fields(value):
+                if field.name != "tables":
+                    collect(f"{name}.{field.name}", getattr(value, field.name))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                collect(f"{name}[{key}]", item)
+        else:
+            texts[name] = str(value.compile(dialect=dialect))  # type: ignore[attr-defined]
+
+    collect("statements", Queue(schema=schema).statements)
+    return texts
 
 
 def test_the_schema_is_the_only_input_in_sql_text():
