@@ -85,6 +85,31 @@ def test_concurrency_limit_holds_across_processes_and_is_reached(engine, databas
     assert peak == 3  # never above the limit, and the limit was reached
 
 
+def _wait_for(engine, query: str, parameters: dict[str, object], deadline: float = 90.0) -> None:
+    """Poll until ``query`` counts at least one row; fail after ``deadline`` seconds."""
+    give_up = time.monotonic() + deadline
+    while True:
+        with engine.connect() as connection:
+            if connection.execute(text(query), parameters).scalar_one():
+                return
+        assert time.monotonic() < give_up, f"gave up waiting for: {query}"
+        time.sleep(0.1)
+
+
+def _when_registered(engine, count: int, deadline: float = 90.0) -> object:
+    """The database time at which ``count`` workers are registered."""
+    give_up = time.monotonic() + deadline
+    while True:
+        with engine.connect() as connection:
+            registered, now = connection.execute(
+                text("SELECT count(*), now() FROM pgq.workers")
+            ).one()
+        if registered >= count:
+            return now
+        assert time.monotonic() < give_up, f"only {registered} of {count} workers registered"
+        time.sleep(0.1)
+
+
 def test_rate_limit_holds_across_processes(engine, database_url):
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE starts (at timestamptz)"))
@@ -94,16 +119,22 @@ def test_rate_limit_holds_across_processes(engine, database_url):
         *_workers(database_url, 1, "--async", "--backend", "trio"),
     ]
     try:
-        time.sleep(8)
+        # The window opens once all three processes claim (their start-up time varies with load)
+        # and closes once a start 6 s later is recorded.
+        window_start = _when_registered(engine, len(processes))
+        _wait_for(
+            engine,
+            "SELECT count(*) FROM starts WHERE at >= :a + interval '6 seconds'",
+            {"a": window_start},
+        )
     finally:
         _stop(processes)
     with engine.connect() as connection:
-        first = connection.execute(text("SELECT min(at) FROM starts")).scalar_one()
         in_five_seconds = connection.execute(
             text(
                 "SELECT count(*) FROM starts WHERE at >= :a + interval '1 second' "
                 "AND at < :a + interval '6 seconds'"
             ),
-            {"a": first},
+            {"a": window_start},
         ).scalar_one()
     assert abs(in_five_seconds - 100) <= 10, in_five_seconds  # 20/s over 5 s, within 10 %
