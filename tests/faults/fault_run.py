@@ -334,9 +334,9 @@ def write_doc(path: Path, command: str, config: Config, report: Report) -> None:
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text_ = path.read_text() if path.exists() else ""
+    old = path.read_text() if path.exists() else ""
     marker = "<!-- figures -->"
-    head = text_.split(marker)[0] if marker in text_ else "# Fault run\n\n"
+    head = old.split(marker)[0] if marker in old else old or "# Fault run\n\n"
     path.write_text(
         f"{head}{marker}\n\nCommand: `{command}` (what `python -m nox -s faults` runs)\n\n"
         f"| figure | value |\n|---|---|\n{table}\n\n{report.summary()}\n"

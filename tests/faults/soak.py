@@ -296,7 +296,7 @@ def write_doc(path: Path, command: str, verdict: Verdict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     marker = "<!-- figures -->"
     old = path.read_text() if path.exists() else ""
-    head = old.split(marker)[0] if marker in old else "# Soak run\n\n"
+    head = old.split(marker)[0] if marker in old else old or "# Soak run\n\n"
     path.write_text(
         f"{head}{marker}\n\nCommand (what `python -m nox -s soak -- ARGS` runs):\n\n"
         f"    {command}\n\n"
