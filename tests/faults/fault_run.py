@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -299,7 +300,10 @@ def run_faults(config: Config) -> Report:
                 seconds=time.monotonic() - run.started,
                 restart_seconds=run.restart_seconds,
             )
-            run.say(f"worker logs kept in {logs}")
+            if report.ok:
+                shutil.rmtree(logs, ignore_errors=True)
+            else:
+                run.say(f"worker logs kept in {logs}")
             return report
         finally:
             supervisor.kill_all()

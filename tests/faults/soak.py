@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -279,6 +280,8 @@ def soak(args: argparse.Namespace) -> Verdict:
             ).scalar_one()
         enqueued = sum(p.enqueued for p in producers)
         codes = supervisor.stop_all()
+        if not any(codes.values()):
+            shutil.rmtree(logs, ignore_errors=True)
         warmup = max(60.0, 2 * args.keep_succeeded)
         verdict = judge(samples, elapsed, args.rate, enqueued, enqueued - int(backlog), warmup)
         verdict.lines.insert(
