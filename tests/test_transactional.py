@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 import anyio.to_thread
 import pytest
 from sqlalchemy import text
-from worker_helpers import KINDS, make_worker, run_worker
+from worker_helpers import KINDS, make_worker, run_worker, start_worker
 
 from pgq_sa import AsyncWorker, Job, JobSpec, JobStatus, Queue, Retry, ThreadWorker
 from pgq_sa.executors import run_sync
@@ -15,6 +17,16 @@ from pgq_sa.workers import protocol
 pytestmark = pytest.mark.timeout(120)
 
 INSERT = text("INSERT INTO effects VALUES (:job, :attempt, :task)")
+# One snapshot: effects whose job is not succeeded, succeeded jobs without an effect, and what
+# is left to run.
+TORN = text(
+    """
+SELECT (SELECT count(*) FROM pgq.jobs AS j
+         WHERE (j.state = 'succeeded')
+               <> EXISTS (SELECT 1 FROM effects AS e WHERE e.job_id = j.id)),
+       (SELECT count(*) FROM pgq.jobs WHERE state IN ('queued', 'running'))
+"""
+)
 
 
 def _effect(job: Job) -> dict[str, object]:
@@ -90,7 +102,17 @@ def test_effects_commit_with_the_completion_exactly_once(kind, engine, database_
     written = queue.enqueue_many(engine, specs)
     retried = queue.enqueue(engine, "tx.retry_once")
     failing = queue.enqueue(engine, "tx.fails")
-    run_worker(make_worker(kind, queue, database_url, size=8), kind)
+    running = start_worker(kind, queue, database_url, size=8)
+    try:  # an effect is never visible before its job is succeeded, and vice versa
+        while True:
+            with engine.connect() as connection:
+                torn, left = connection.execute(TORN).one()
+            assert torn == 0, "an effect and its job's completion were seen apart"
+            if left == 0:
+                break
+            time.sleep(0.01)
+    finally:
+        running.stop()
     # then, alone (the rescue takes every job of the worker): attempts that lose their lease
     lost = [queue.enqueue(engine, "tx.lease_lost")]
     if kind == "asyncio":
@@ -192,3 +214,50 @@ def test_a_timed_out_transactional_attempt_is_rolled_back(kind, engine, database
     with engine.connect() as connection:
         effects = sorted(connection.execute(text("SELECT job_id FROM effects")).scalars())
     assert effects == sorted(after)  # nothing of the timed-out attempt; the pool still works
+
+
+def test_a_handler_that_commits_job_connection_itself_fails_the_attempt(engine, database_url):
+    queue = Queue()
+
+    @queue.task("tx.commits", transactional=True, max_attempts=1)
+    def commits(job):
+        job.connection.execute(text("SELECT 1"))
+        job.connection.commit()
+
+    job_id = queue.enqueue(engine, "tx.commits")
+    run_worker(make_worker("threads", queue, database_url, size=1), "threads")
+    info = queue.get(engine, job_id)
+    assert info.status is JobStatus.failed
+    assert info.error.type == "pgq_sa.workers.transactional.TransactionEnded"
+    assert "begin_nested()" in info.error.message
+
+
+def test_job_connections_leave_the_worker_its_own_share_of_the_pool():
+    from sqlalchemy import create_engine
+
+    from pgq_sa.workers.options import worker_options
+    from pgq_sa.workers.transactional import connection_slots
+
+    queue = Queue()
+    queue.task("tx", transactional=True)(lambda job: None)
+
+    def slots(capacity: int, **pool: int) -> int:
+        engine = create_engine("postgresql+psycopg://nobody@localhost/none", **pool)
+        options = worker_options(
+            queue,
+            capacity=capacity,
+            capacity_name="threads",
+            batch_size=None,
+            queues=None,
+            heartbeat_interval=5.0,
+            lease_timeout=30.0,
+            poll_interval=1.0,
+            shutdown_timeout=1.0,
+        )
+        return connection_slots(engine.pool, options)
+
+    assert slots(8) == 7  # 5 + 10 connections, one fetcher's two lanes and six others kept
+    assert slots(4) == 4
+    assert slots(100, pool_size=50) == 50 + 10 - 8
+    assert slots(100, pool_size=2, max_overflow=0) == 1
+    assert slots(100, max_overflow=-1) == 100  # unlimited overflow
