@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -299,7 +300,10 @@ def run_faults(config: Config) -> Report:
                 seconds=time.monotonic() - run.started,
                 restart_seconds=run.restart_seconds,
             )
-            run.say(f"worker logs kept in {logs}")
+            if report.ok:
+                shutil.rmtree(logs, ignore_errors=True)
+            else:
+                run.say(f"worker logs kept in {logs}")
             return report
         finally:
             supervisor.kill_all()
@@ -334,9 +338,9 @@ def write_doc(path: Path, command: str, config: Config, report: Report) -> None:
     ]
     table = "\n".join(f"| {name} | {value} |" for name, value in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text_ = path.read_text() if path.exists() else ""
+    old = path.read_text() if path.exists() else ""
     marker = "<!-- figures -->"
-    head = text_.split(marker)[0] if marker in text_ else "# Fault run\n\n"
+    head = old.split(marker)[0] if marker in old else old or "# Fault run\n\n"
     path.write_text(
         f"{head}{marker}\n\nCommand: `{command}` (what `python -m nox -s faults` runs)\n\n"
         f"| figure | value |\n|---|---|\n{table}\n\n{report.summary()}\n"

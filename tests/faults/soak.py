@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -279,6 +280,8 @@ def soak(args: argparse.Namespace) -> Verdict:
             ).scalar_one()
         enqueued = sum(p.enqueued for p in producers)
         codes = supervisor.stop_all()
+        if not any(codes.values()):
+            shutil.rmtree(logs, ignore_errors=True)
         warmup = max(60.0, 2 * args.keep_succeeded)
         verdict = judge(samples, elapsed, args.rate, enqueued, enqueued - int(backlog), warmup)
         verdict.lines.insert(
@@ -296,7 +299,7 @@ def write_doc(path: Path, command: str, verdict: Verdict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     marker = "<!-- figures -->"
     old = path.read_text() if path.exists() else ""
-    head = old.split(marker)[0] if marker in old else "# Soak run\n\n"
+    head = old.split(marker)[0] if marker in old else old or "# Soak run\n\n"
     path.write_text(
         f"{head}{marker}\n\nCommand (what `python -m nox -s soak -- ARGS` runs):\n\n"
         f"    {command}\n\n"
