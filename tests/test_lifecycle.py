@@ -73,6 +73,7 @@ def test_sync_handler_sees_its_deadline_and_is_recorded_as_timed_out(kind, engin
     assert info.result is None
 
 
+@pytest.mark.serial
 def test_cancelling_a_running_job_reaches_its_worker_within_a_second(kind, engine, database_url):
     queue = Queue()
     started = threading.Event()

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from pgq_sa import JobSpec, Queue
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow, pytest.mark.serial]
 
 APPS = str(Path(__file__).parent / "apps")
 

@@ -61,6 +61,7 @@ def _wait_for(predicate, timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.serial
 def test_killed_worker_jobs_are_rescued_within_the_lease(engine, database_url):
     queue = Queue()
     job_id = queue.enqueue(engine, "sample.slow_first", {"seconds": 60})

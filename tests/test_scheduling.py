@@ -191,6 +191,7 @@ def test_two_schedulers_at_the_same_instant_enqueue_once(engine):
     assert sorted(inserted) == [0, 1]
 
 
+@pytest.mark.serial
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_second_level_schedule_across_mixed_workers(engine, database_url):
