@@ -21,8 +21,10 @@ from benchmarks.scratch import LOCAL_SERVER, URL_VARIABLE, default_server_url, s
 from benchmarks.stats import STATISTICS
 
 
-def _kinds(value: str) -> tuple[str, ...]:
-    return ours.KINDS if value == "all" else (value,)
+def _kinds(values: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = [values]
+    return ours.KINDS if "all" in values else tuple(dict.fromkeys(values))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     kind = argparse.ArgumentParser(add_help=False)
     kind.add_argument(
-        "--kind", choices=(*ours.KINDS, "all"), default="all", help="worker kind (default: all)"
+        "--kind",
+        choices=(*ours.KINDS, "all"),
+        nargs="+",
+        default=["all"],
+        help="worker kinds (default: all)",
     )
     peer = argparse.ArgumentParser(add_help=False)
     peer.add_argument(
@@ -51,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "drain", parents=[common, kind, peer], help="drain N pre-enqueued no-op jobs"
     )
     p.add_argument("--jobs", type=int, default=30_000)
-    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[10], help="one or more")
     p.add_argument("--repeat", type=int, default=1, help="runs of each drain")
     p.add_argument("--statistic", choices=STATISTICS, default="median", help="of the runs")
 
@@ -112,7 +118,7 @@ def _run(context: Context, args: argparse.Namespace, command: str) -> None:
         drain.run(
             context,
             jobs=args.jobs,
-            batch_sizes=[args.batch_size],
+            batch_sizes=args.batch_size,
             kinds=_kinds(args.kind),
             peer_name=args.peer,
             repeat=args.repeat,

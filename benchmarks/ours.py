@@ -189,7 +189,9 @@ async def _async_bind(url: URL, engine: Engine) -> AsyncIterator[AsyncEngine | E
     threads. Either way the connections exist before the clock starts, as PgQueuer's do.
     """
     if sniffio.current_async_library() == "asyncio":
-        async_engine = make_async_engine(url)
+        # The scratch URL names psycopg (for the sync engine); a driverless URL is what a user
+        # passes, and what makes AsyncWorker pick asyncpg.
+        async_engine = make_async_engine(url.set(drivername="postgresql"))
         try:
             await warm_async(async_engine)
             yield async_engine

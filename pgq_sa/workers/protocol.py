@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgq_sa.decisions import Outcome, finish_parameters
 from pgq_sa.executors import Operation
@@ -93,8 +93,7 @@ def heartbeat(statements: Statements, worker_id: uuid.UUID) -> Operation[Heartbe
     return Heartbeat(alive=bool(row.alive), cancel=tuple(row.cancel or ()))
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A leased job with what the worker needs beside the handler's view of it."""
 
     job: Job
@@ -140,23 +139,26 @@ def claim_limited(
 
 
 def _claimed(rows: Sequence[Any]) -> list[Claimed]:
+    # Positional unpacking (the claim's RETURNING order): rows arrive by the batch on the hot path.
     return [
         Claimed(
-            Job(
-                id=row.id,
-                task=row.task,
-                payload=row.payload,
-                attempt=row.attempt,
-                max_attempts=row.max_attempts,
-                priority=row.priority,
-                queue=row.queue,
-                created_at=row.created_at,
-                scheduled_at=row.scheduled_at,
-            ),
-            timeout=row.timeout,
-            cancel_requested=row.cancel_requested,
+            Job(job_id, task, payload, attempt, max_attempts, priority, queue, created, scheduled),
+            timeout,
+            cancel_requested,
         )
-        for row in rows
+        for (
+            job_id,
+            task,
+            payload,
+            attempt,
+            max_attempts,
+            priority,
+            queue,
+            created,
+            timeout,
+            scheduled,
+            cancel_requested,
+        ) in rows
     ]
 
 
@@ -186,7 +188,43 @@ def finish(
     """Write many outcomes in one statement; report those whose lease was lost."""
     params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(list(outcomes))}
     rows = yield statements.finish, params
-    recorded = {row.id: row.state for row in rows}
+    return _finished(outcomes, [(row.id, row.state, row.run_at) for row in rows])
+
+
+def finish_and_claim(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    outcomes: Sequence[Outcome],
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+) -> Operation[tuple[Finished, list[Claimed]]]:
+    """Write ``outcomes`` (as :func:`finish`) and lease up to ``limit`` jobs (as :func:`claim`)
+    in one statement, so a busy worker pays one round trip and one commit per batch."""
+    params: dict[str, Any] = {
+        "worker_id": worker_id,
+        "tasks": list(tasks),
+        "limit": limit,
+        **finish_parameters(list(outcomes)),
+    }
+    if queues is None:
+        rows = yield statements.finish_and_claim, params
+    else:
+        rows = yield statements.finish_and_claim_in_queues, {**params, "queues": list(queues)}
+    claimed_rows: list[Any] = []
+    written: list[tuple[int, str, Any]] = []
+    row: Any
+    for row in rows:
+        if row[0]:
+            claimed_rows.append(row[1:12])
+        else:
+            written.append((row[1], row[12], row[13]))
+    return _finished(outcomes, written), _claimed(claimed_rows)
+
+
+def _finished(outcomes: Sequence[Outcome], written: Sequence[tuple[int, str, Any]]) -> Finished:
+    """What a finish wrote (``(id, state, run_at)`` per row), and the outcomes it could not."""
+    recorded = {job_id: state for job_id, state, _ in written}
     lost = tuple(o for o in outcomes if o.job_id not in recorded)
     for outcome in lost:
         log.warning(
@@ -196,7 +234,7 @@ def finish(
             outcome.attempt,
             outcome.state,
         )
-    retry_times = [row.run_at for row in rows if row.state == "queued"]
+    retry_times = [run_at for _, state, run_at in written if state == "queued"]
     return Finished(recorded, lost, min(retry_times) if retry_times else None)
 
 
