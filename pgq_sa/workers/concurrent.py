@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -51,7 +52,7 @@ from pgq_sa.workers.database import (
     ThreadedLane,
     fetcher_count,
 )
-from pgq_sa.workers.handlers import run_async_handler, run_sync_handler
+from pgq_sa.workers.handlers import _interrupted, run_sync_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
 from pgq_sa.workers.protocol import Claimed, Identity
@@ -211,6 +212,7 @@ class AsyncWorker:
         self._unwritten = 0
         self._writes = 0
         self._running: dict[int, Job] = {}
+        self._scopes: dict[int, anyio.CancelScope] = {}  # async jobs running: their runner's scope
         self._held: set[int] = set()
         self._claiming = 0  # fetchers between a claim and recording its jobs in _held
         self._failures = 0
@@ -512,20 +514,30 @@ class AsyncWorker:
 
     async def _run_jobs(self) -> None:
         """One runner of the pool: run jobs from the deque; when it is empty, park until the
-        fetcher hands out more (cheaper than a task, a cancel scope and an event per job)."""
+        fetcher hands out more (cheaper than a task, a cancel scope and an event per job).
+
+        The runner's cancel scope is shared by the ``async def`` jobs it runs one after another:
+        a timeout sets its deadline, a cancellation (:meth:`_cancel`) cancels it while that job
+        runs. A scope that was cancelled is left right after its job and a fresh one entered, so
+        a cancellation never reaches the next job.
+        """
         work, idle = self._work, self._idle_runners
         while True:
-            while work:
-                await self._handle(work.popleft())
-            parked = anyio.Event()
-            idle.append(parked)
-            try:
-                await parked.wait()
-            finally:
-                if not parked.is_set():
-                    idle.remove(parked)
+            with anyio.CancelScope() as scope:
+                while True:
+                    while work and not scope.cancel_called:
+                        await self._handle(work.popleft(), scope)
+                    if scope.cancel_called:
+                        break
+                    parked = anyio.Event()
+                    idle.append(parked)
+                    try:
+                        await parked.wait()
+                    finally:
+                        if not parked.is_set():
+                            idle.remove(parked)
 
-    async def _handle(self, item: Claimed) -> None:
+    async def _handle(self, item: Claimed, scope: anyio.CancelScope) -> None:
         job = item.job
         outcome: Outcome | None = None
         try:
@@ -536,11 +548,14 @@ class AsyncWorker:
             if item.cancel_requested:
                 job.request_cancel("cancel")
             if definition.is_async:
-                outcome = await run_async_handler(definition, job, timeout)
+                outcome = await self._run_async(definition, job, timeout, scope)
             else:
                 outcome = await self._run_in_thread(definition, job, timeout)
         except anyio.get_cancelled_exc_class():
-            job.request_cancel("shutdown")
+            if scope.cancel_called and job.cancel_reason in ("cancel", "timeout"):
+                outcome = _interrupted(job, timeout)  # ours: recorded; the scope absorbs it
+            else:
+                job.request_cancel("shutdown")
             raise
         except Exception as error:  # never lose a job to a worker bug
             log.exception("job %s: the worker failed around its handler", job.id)
@@ -555,6 +570,36 @@ class AsyncWorker:
             else:
                 self._pending.append(outcome)
                 self._outcome_ready.set()
+
+    async def _run_async(
+        self, definition: Any, job: Job, timeout: float | None, scope: anyio.CancelScope
+    ) -> Outcome:
+        """Await an ``async def`` handler inside the runner's scope (see :meth:`_run_jobs`);
+        the outcomes are those of :func:`~pgq_sa.workers.handlers.run_async_handler`."""
+        if job.cancelled:
+            return _interrupted(job, timeout)
+        self._scopes[job.id] = scope
+        if timeout is not None:
+            scope.deadline = anyio.current_time() + timeout
+        try:
+            value = await definition.handler(job)
+        except anyio.get_cancelled_exc_class():
+            if scope.cancel_called and not job.cancelled:
+                job.request_cancel("timeout")  # the deadline passed
+            raise
+        except Exception as error:
+            if job.cancelled:
+                return _interrupted(job, timeout)
+            return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+        finally:
+            del self._scopes[job.id]
+            if timeout is not None and not scope.cancel_called:
+                scope.deadline = math.inf
+        if job.cancelled or scope.cancel_called:
+            if not job.cancelled:
+                job.request_cancel("timeout")
+            return _interrupted(job, timeout)
+        return decisions.succeeded(job.id, job.attempt, value)
 
     async def _run_in_thread(self, definition: Any, job: Job, timeout: float | None) -> Outcome:
         async with anyio.create_task_group() as deadline:
@@ -697,6 +742,9 @@ class AsyncWorker:
             if job is not None:
                 log.info("job %s: cancellation requested", job.id)
                 job.request_cancel("cancel")
+                scope = self._scopes.get(job_id)
+                if scope is not None:  # an async handler running: stop it
+                    scope.cancel()
 
     async def _listen(self) -> None:
         url = self._db.url
