@@ -18,7 +18,8 @@ from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-NO_OUTCOMES = {name: "[]" for name in ("ids", "attempts", "outcomes", "delays", "results", "errors")}
+FINISH_COLUMNS = ("ids", "attempts", "outcomes", "delays", "results", "errors")
+NO_OUTCOMES = dict.fromkeys(FINISH_COLUMNS, "[]")
 
 
 def _plan(connection, queue: Queue, statement: str) -> dict:
@@ -109,7 +110,8 @@ def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_sta
         finished, taken = database.run(
             protocol.finish_and_claim(queue.statements, stranger, [outcome], ["t"], None, 1)
         )
-    assert finished.lost == (outcome,) and finished.recorded == {}
+    assert finished.lost == (outcome,)
+    assert finished.recorded == {}
     assert "lease lost" in caplog.text
     assert [c.job.id for c in taken] == [second]  # the claim part ran all the same
     assert queue.get(engine, first).status == "running"
@@ -117,9 +119,12 @@ def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_sta
     finished, taken = database.run(
         protocol.finish_and_claim(queue.statements, holder.id, [retry], ["t"], None, 5)
     )
-    assert finished.recorded == {first: "queued"} and finished.next_run_at is not None
+    assert finished.recorded == {first: "queued"}
+    assert finished.next_run_at is not None
     # Same snapshot: the job queued again by this statement is not claimed by it.
     assert [c.job.id for c in taken] == [third]
-    assert taken[0].job.payload == {"n": 2} and taken[0].job.attempt == 1
+    assert taken[0].job.payload == {"n": 2}
+    assert taken[0].job.attempt == 1
     info = queue.get(engine, first)
-    assert info.status == "queued" and info.attempts == 1
+    assert info.status == "queued"
+    assert info.attempts == 1

@@ -635,7 +635,7 @@ class AsyncWorker:
                     self._outcome_ready.clear()
                     await self._outcome_ready.wait(self.options.poll_interval)
                     continue
-                if self._hungry and not self._stopping:
+                if self._piggyback and self._hungry and not self._stopping:
                     taken = self._taken
                     self._handover.clear()
                     await self._handover.wait(_HANDOVER_SECONDS)

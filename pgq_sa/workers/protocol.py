@@ -135,11 +135,15 @@ def claim_limited(
             "limit": limit,
         },
     )
-    return _claimed(rows)
+    return _claimed([row[:CLAIM_COLUMNS] for row in rows])  # then "paced"
+
+
+# The claim statements return these columns first, in this order (``_claimed`` unpacks them by
+# position: rows arrive by the batch on the hot path).
+CLAIM_COLUMNS = 11
 
 
 def _claimed(rows: Sequence[Any]) -> list[Claimed]:
-    # Positional unpacking (the claim's RETURNING order): rows arrive by the batch on the hot path.
     return [
         Claimed(
             Job(job_id, task, payload, attempt, max_attempts, priority, queue, created, scheduled),
@@ -216,9 +220,9 @@ def finish_and_claim(
     row: Any
     for row in rows:
         if row[0]:
-            claimed_rows.append(row[1:12])
+            claimed_rows.append(row[1 : 1 + CLAIM_COLUMNS])
         else:
-            written.append((row[1], row[12], row[13]))
+            written.append((row[1], row[1 + CLAIM_COLUMNS], row[2 + CLAIM_COLUMNS]))
     return _finished(outcomes, written), _claimed(claimed_rows)
 
 

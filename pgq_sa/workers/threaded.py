@@ -470,7 +470,7 @@ class ThreadWorker:
                     lock.wait()
                 if not pending:
                     return
-                if self._hungry and not self._stopping.is_set():
+                if self._piggyback and self._hungry and not self._stopping.is_set():
                     taken = self._taken
                     lock.wait(HANDOVER_SECONDS)
                     if self._taken != taken or not pending:
