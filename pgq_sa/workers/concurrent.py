@@ -689,8 +689,8 @@ class AsyncWorker:
             beat = await self._call(
                 "heartbeat", lambda: protocol.heartbeat(statements, self.identity.id)
             )
-            if beat is None:
-                return
+            if beat is None or (not beat.alive and self._closing.is_set()):
+                return  # closing: the row is gone because this worker deregistered
             if not beat.alive:
                 log.warning("worker %s: its row was gone; registering again", self.identity.name)
                 await self._call(

@@ -509,8 +509,8 @@ class ThreadWorker:
         statements, options = self.queue.statements, self.options
         while not self._closing.wait(options.heartbeat_interval):
             beat = self._call("heartbeat", lambda: protocol.heartbeat(statements, self.identity.id))
-            if beat is None:
-                return
+            if beat is None or (not beat.alive and self._closing.is_set()):
+                return  # closing: the row is gone because this worker deregistered
             if not beat.alive:
                 log.warning("worker %s: its row was gone; registering again", self.identity.name)
                 self._call(
