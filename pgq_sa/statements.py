@@ -546,6 +546,14 @@ def _finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     still running in the snapshot); the two parts touch disjoint rows. Rows come back tagged:
     ``claimed`` true for a leased job (the claim's columns), false for a written outcome
     (``id``, ``state``, ``run_at``, ``notices``).
+
+    ``picked`` reads ``done`` (an always-true count, evaluated once before its scan) so that the
+    outcomes are written before any queued row is locked. ``FOR UPDATE`` in READ COMMITTED may
+    keep a lock on a row it then skips (claimed meanwhile by another statement, so possibly a
+    row whose outcome another statement is writing); a statement that could wait in ``done``
+    while holding such locks could deadlock with another doing the same (seen once in a
+    million jobs before this ordering). With ``done`` first, a statement waits only while it
+    holds no claim locks, and the claim part never waits (SKIP LOCKED, its own rows).
     """
     s = tables.schema
     jobs = tables.jobs
@@ -559,6 +567,7 @@ picked AS (
       FROM "{s}".jobs AS c
      WHERE c.state = 'queued' AND c.run_at <= now() AND c.task = any(:tasks)
        AND (c.queue NOT IN (SELECT q.name FROM "{s}".queues AS q WHERE q.paused)){in_queue}
+       AND (SELECT count(*) FROM done) >= 0
      ORDER BY c.priority DESC, c.run_at, c.id
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
