@@ -471,8 +471,14 @@ class ThreadWorker:
                 if not pending:
                     return
                 if self._piggyback and self._hungry and not self._stopping.is_set():
-                    taken = self._taken
-                    lock.wait(HANDOVER_SECONDS)
+                    taken, until = self._taken, time.monotonic() + HANDOVER_SECONDS
+                    while (
+                        self._taken == taken
+                        and self._hungry
+                        and not self._stopping.is_set()
+                        and (left := until - time.monotonic()) > 0
+                    ):
+                        lock.wait(left)  # woken by every finished job too
                     if self._taken != taken or not pending:
                         continue  # the fetchers are taking them
                 batch = pending[:_MAX_FINISH_BATCH]
