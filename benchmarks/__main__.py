@@ -16,13 +16,15 @@ from pathlib import Path
 from benchmarks import machine, ours
 from benchmarks.context import Context
 from benchmarks.progress import Progress
-from benchmarks.scenarios import bulk, drain, growth, suite, wakeup
+from benchmarks.scenarios import bulk, drain, growth, memory, processes, steady, suite, wakeup
 from benchmarks.scratch import LOCAL_SERVER, URL_VARIABLE, default_server_url, scratch_database
 from benchmarks.stats import STATISTICS
 
 
-def _kinds(value: str) -> tuple[str, ...]:
-    return ours.KINDS if value == "all" else (value,)
+def _kinds(values: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = [values]
+    return ours.KINDS if "all" in values else tuple(dict.fromkeys(values))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     kind = argparse.ArgumentParser(add_help=False)
     kind.add_argument(
-        "--kind", choices=(*ours.KINDS, "all"), default="all", help="worker kind (default: all)"
+        "--kind",
+        choices=(*ours.KINDS, "all"),
+        nargs="+",
+        default=["all"],
+        help="worker kinds (default: all)",
     )
     peer = argparse.ArgumentParser(add_help=False)
     peer.add_argument(
@@ -51,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         "drain", parents=[common, kind, peer], help="drain N pre-enqueued no-op jobs"
     )
     p.add_argument("--jobs", type=int, default=30_000)
-    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[10], help="one or more")
     p.add_argument("--repeat", type=int, default=1, help="runs of each drain")
     p.add_argument("--statistic", choices=STATISTICS, default="median", help="of the runs")
 
@@ -90,6 +96,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--statistic", choices=STATISTICS, default="median", help="of the runs")
 
     p = scenarios.add_parser(
+        "steady", parents=[common, kind], help="producers and a worker together for T seconds"
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
+    p.add_argument("--producers", type=int, default=2, help="producer processes")
+    p.add_argument("--produce-batch", type=int, default=100, help="jobs per enqueue_many")
+    p.add_argument("--batch-size", type=int, default=10)
+
+    p = scenarios.add_parser(
+        "processes", parents=[common, kind], help="drain N jobs with 1, 2 and 4 worker processes"
+    )
+    p.add_argument("--jobs", type=int, default=30_000)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4], help="process counts")
+
+    p = scenarios.add_parser(
+        "memory", parents=[common, kind], help="a worker's RSS: idle, after 10k and 1M jobs"
+    )
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--small", type=int, default=10_000)
+    p.add_argument("--large", type=int, default=1_000_000)
+    p.add_argument("--idle", type=float, default=3.0, help="idle seconds before the first read")
+
+    p = scenarios.add_parser(
         "all", parents=[common], help="everything with --peer pgqueuer, plus a markdown summary"
     )
     p.add_argument("--jobs", type=int, default=30_000, help="drain jobs")
@@ -112,7 +142,7 @@ def _run(context: Context, args: argparse.Namespace, command: str) -> None:
         drain.run(
             context,
             jobs=args.jobs,
-            batch_sizes=[args.batch_size],
+            batch_sizes=args.batch_size,
             kinds=_kinds(args.kind),
             peer_name=args.peer,
             repeat=args.repeat,
@@ -130,6 +160,33 @@ def _run(context: Context, args: argparse.Namespace, command: str) -> None:
             gap=args.gap,
             producer=args.producer,
             rounds=args.rounds,
+        )
+    elif args.scenario == "steady":
+        steady.run(
+            context,
+            kinds=_kinds(args.kind),
+            batch_size=args.batch_size,
+            seconds=args.seconds,
+            producers=args.producers,
+            produce_batch=args.produce_batch,
+            warmup=args.warmup,
+        )
+    elif args.scenario == "processes":
+        processes.run(
+            context,
+            kinds=_kinds(args.kind),
+            batch_size=args.batch_size,
+            jobs=args.jobs,
+            counts=args.counts,
+        )
+    elif args.scenario == "memory":
+        memory.run(
+            context,
+            kinds=_kinds(args.kind),
+            batch_size=args.batch_size,
+            small=args.small,
+            large=args.large,
+            idle=args.idle,
         )
     elif args.scenario == "growth":
         growth.run(

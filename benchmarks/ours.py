@@ -131,11 +131,14 @@ def drain(
     batch_size: int,
     watched: Watched | None = None,
     deadline: float = 300.0,
+    *,
+    until_empty: bool = True,
 ) -> float:
     """Run a ``kind`` worker until nothing is left; return the seconds ``run()`` took.
 
     The worker runs in a thread of its own (see :func:`run_in_thread`); the clock runs in
-    that thread, from the ``run()`` call until it returns.
+    that thread, from the ``run()`` call until it returns. With ``until_empty=False`` it runs
+    until ``watched.worker.stop()`` (or the deadline).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown worker kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -157,7 +160,7 @@ def drain(
 
         def run() -> None:
             started = time.perf_counter()
-            thread_worker.run(until_empty=True)
+            thread_worker.run(until_empty=until_empty)
             elapsed.append(time.perf_counter() - started)
 
     else:
@@ -171,7 +174,7 @@ def drain(
                 if watched is not None:
                     watched.worker = async_worker
                 started = time.perf_counter()
-                await async_worker.run(until_empty=True)
+                await async_worker.run(until_empty=until_empty)
                 elapsed.append(time.perf_counter() - started)
 
         def run() -> None:
@@ -189,7 +192,9 @@ async def _async_bind(url: URL, engine: Engine) -> AsyncIterator[AsyncEngine | E
     threads. Either way the connections exist before the clock starts, as PgQueuer's do.
     """
     if sniffio.current_async_library() == "asyncio":
-        async_engine = make_async_engine(url)
+        # The scratch URL names psycopg (for the sync engine); a driverless URL is what a user
+        # passes, and what makes AsyncWorker pick asyncpg.
+        async_engine = make_async_engine(url.set(drivername="postgresql"))
         try:
             await warm_async(async_engine)
             yield async_engine

@@ -22,7 +22,7 @@ class Result:
 
     benchmark: str
     case: str
-    metric: str  # "jobs/s" or "ms"
+    metric: str  # "jobs/s", "ms" or "MB"
     value: float
     reference: float | None = None
     reference_label: str = ""
@@ -46,6 +46,8 @@ class Result:
         ratio = self.ratio
         if ratio is None or ratio <= 0:
             return ""
+        if self.metric == "MB":
+            return f"{(ratio - 1) * 100:+.1f}%"
         speed = ratio if self.higher_is_better else 1 / ratio
         if abs(speed - 1) < 0.005:
             return "same"
@@ -53,6 +55,8 @@ class Result:
 
 
 def _number(value: float, metric: str) -> str:
+    if metric == "MB":
+        return f"{value:.1f}"
     if metric == "ms":
         return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
     return f"{value:,.0f}"

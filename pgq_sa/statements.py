@@ -127,6 +127,8 @@ class Statements:
     claim: Executable
     claim_in_queues: Executable
     finish: Executable
+    finish_and_claim: Executable
+    finish_and_claim_in_queues: Executable
     hand_back: Executable
     next_run_at: Executable
     rescue: Executable
@@ -161,6 +163,8 @@ class Statements:
             claim=_claim(tables, in_queues=False),
             claim_in_queues=_claim(tables, in_queues=True),
             finish=_finish(tables),
+            finish_and_claim=_finish_and_claim(tables, in_queues=False),
+            finish_and_claim_in_queues=_finish_and_claim(tables, in_queues=True),
             hand_back=_hand_back(tables),
             next_run_at=_next_run_at(tables),
             rescue=_rescue(tables),
@@ -508,20 +512,11 @@ def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     )
 
 
-def _finish(tables: QueueTables) -> Executable:
-    """Record many outcomes at once: succeeded, failed, or queued again for a retry.
-
-    Every row is guarded by its lease (job id + this worker + the attempt it claimed, still
-    running): an outcome whose lease was lost matches nothing and is left out of the result. A
-    retry of a job whose cancellation was requested ends ``cancelled`` instead. Finished ids are
-    announced with one NOTIFY so ``Queue.wait`` wakes.
-    """
-    s = tables.schema
-    channel = finished_channel(s)
-    return (
-        text(
-            f"""
-WITH v AS (
+# The outcomes of many attempts, one JSON array per column (see ``decisions.finish_parameters``),
+# written under their leases; ``notified`` announces the finished ids. Shared by ``finish`` and
+# ``finish_and_claim``, which must reference ``notified`` (a SELECT CTE runs only if read).
+_FINISH_CTES = """
+v AS (
     SELECT t.id::bigint AS id, t.attempt::integer AS attempt, t.outcome,
            t.delay::double precision AS delay,
            nullif(t.result, 'null'::jsonb) AS result, nullif(t.error, 'null'::jsonb) AS error
@@ -558,7 +553,24 @@ notified AS (
                           ELSE '{{"ids": null}}' END)
       FROM (SELECT json_build_object('ids', json_agg(id))::text AS message
               FROM done WHERE state <> 'queued' HAVING count(*) > 0) AS m
-)
+)"""
+_FINISH_PARAMETERS = ("ids", "attempts", "outcomes", "delays", "results", "errors")
+
+
+def _finish(tables: QueueTables) -> Executable:
+    """Record many outcomes at once: succeeded, failed, or queued again for a retry.
+
+    Every row is guarded by its lease (job id + this worker + the attempt it claimed, still
+    running): an outcome whose lease was lost matches nothing and is left out of the result. A
+    retry of a job whose cancellation was requested ends ``cancelled`` instead. Finished ids are
+    announced with one NOTIFY so ``Queue.wait`` wakes.
+    """
+    s = tables.schema
+    ctes = _FINISH_CTES.format(s=s, channel=finished_channel(s))
+    return (
+        text(
+            f"""
+WITH {ctes}
 SELECT done.id, done.state::text AS state, done.run_at,
        (SELECT count(*) FROM notified) AS notices
   FROM done
@@ -566,10 +578,7 @@ SELECT done.id, done.state::text AS state, done.run_at,
         )
         .bindparams(
             bindparam("worker_id", type_=tables.jobs.c.worker_id.type),
-            *(
-                bindparam(name, type_=Text)
-                for name in ("ids", "attempts", "outcomes", "delays", "results", "errors")
-            ),
+            *(bindparam(name, type_=Text) for name in _FINISH_PARAMETERS),
         )
         .columns(
             column("id", BigInteger),
@@ -577,6 +586,91 @@ SELECT done.id, done.state::text AS state, done.run_at,
             column("run_at", DateTime(timezone=True)),
             column("notices", BigInteger),
         )
+    )
+
+
+def _finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
+    """``finish`` and ``claim`` in one statement: one round trip and one commit per batch.
+
+    The outcomes are written exactly as ``finish`` writes them (same leases, same NOTIFY) and the
+    next jobs are leased exactly as ``claim`` leases them. Every part of one statement sees the
+    same snapshot, so a job this statement queues again for a retry is not claimed by it (it was
+    still running in the snapshot); the two parts touch disjoint rows. Rows come back tagged:
+    ``claimed`` true for a leased job (the claim's columns), false for a written outcome
+    (``id``, ``state``, ``next_run_at``, ``notices``).
+
+    ``picked`` reads ``done`` (an always-true count, evaluated once before its scan) so that the
+    outcomes are written before any queued row is locked. ``FOR UPDATE`` in READ COMMITTED may
+    keep a lock on a row it then skips (claimed meanwhile by another statement, so possibly a
+    row whose outcome another statement is writing); a statement that could wait in ``done``
+    while holding such locks could deadlock with another doing the same (seen once in a
+    million jobs before this ordering). With ``done`` first, a statement waits only while it
+    holds no claim locks, and the claim part never waits (SKIP LOCKED, its own rows).
+    """
+    s = tables.schema
+    jobs = tables.jobs
+    ctes = _FINISH_CTES.format(s=s, channel=finished_channel(s))
+    in_queue = "\n       AND c.queue = any(:queues)" if in_queues else ""
+    statement = text(
+        f"""
+WITH {ctes},
+picked AS (
+    SELECT c.id
+      FROM "{s}".jobs AS c
+     WHERE c.state = 'queued' AND c.run_at <= now() AND c.task = any(:tasks)
+       AND (c.queue NOT IN (SELECT q.name FROM "{s}".queues AS q WHERE q.paused)){in_queue}
+       AND (SELECT count(*) FROM done) >= 0
+     ORDER BY c.priority DESC, c.run_at, c.id
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE "{s}".jobs AS c
+       SET state = 'running', attempt = c.attempt + 1, started_at = now(),
+           worker_id = :worker_id
+      FROM picked
+     WHERE c.id = picked.id
+    RETURNING c.id, c.task, c.payload, c.attempt, c.max_attempts, c.priority, c.queue,
+              c.created_at, c.timeout, c.scheduled_at, c.cancel_requested, c.run_at,
+              c.started_at, c.meta
+)
+SELECT true AS claimed, id, task, payload, attempt, max_attempts, priority, queue, created_at,
+       timeout, scheduled_at, cancel_requested, run_at, started_at, meta,
+       NULL::text AS state, NULL::timestamptz AS next_run_at, NULL::bigint AS notices
+  FROM claimed
+UNION ALL
+SELECT false, done.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL, done.state::text, done.run_at, (SELECT count(*) FROM notified)
+  FROM done
+"""
+    )
+    parameters = [
+        bindparam("worker_id", type_=jobs.c.worker_id.type),
+        bindparam("tasks", type_=ARRAY(Text)),
+        bindparam("limit", type_=Integer),
+        *(bindparam(name, type_=Text) for name in _FINISH_PARAMETERS),
+    ]
+    if in_queues:
+        parameters.append(bindparam("queues", type_=ARRAY(Text)))
+    return statement.bindparams(*parameters).columns(
+        column("claimed", Boolean),
+        column("id", BigInteger),
+        column("task", Text),
+        column("payload", jobs.c.payload.type),
+        column("attempt", Integer),
+        column("max_attempts", Integer),
+        column("priority", SmallInteger),
+        column("queue", Text),
+        column("created_at", DateTime(timezone=True)),
+        column("timeout", Double),
+        column("scheduled_at", DateTime(timezone=True)),
+        column("cancel_requested", Boolean),
+        column("run_at", DateTime(timezone=True)),
+        column("started_at", DateTime(timezone=True)),
+        column("meta", jobs.c.meta.type),
+        column("state", Text),
+        column("next_run_at", DateTime(timezone=True)),
+        column("notices", BigInteger),
     )
 
 

@@ -1,4 +1,5 @@
-"""The claim reads its partial index in order and stops early, even on a million-row table."""
+"""The claim reads its partial index in order and stops early, even on a million-row table (alone
+and inside ``finish_and_claim``); writes without the lease change nothing, in either statement."""
 
 from __future__ import annotations
 
@@ -10,20 +11,25 @@ import pytest
 from sqlalchemy import text
 
 from pgq_sa import Queue
-from pgq_sa.decisions import succeeded
+from pgq_sa.decisions import Outcome, succeeded
 from pgq_sa.workers import protocol
 from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _plan(connection, queue: Queue, analyzed: bool) -> dict:
-    if analyzed:
-        connection.exec_driver_sql("ANALYZE pgq.jobs")
+FINISH_COLUMNS = ("ids", "attempts", "outcomes", "delays", "results", "errors")
+NO_OUTCOMES = dict.fromkeys(FINISH_COLUMNS, "[]")
+
+
+def _plan(connection, queue: Queue, statement: str) -> dict:
     for name, value in CLAIM_SESSION:
         connection.exec_driver_sql(f"SET {name} = {value}")
-    compiled = queue.statements.claim.compile(dialect=connection.dialect)
-    params = compiled.construct_params({"tasks": ["t"], "limit": 10, "worker_id": uuid.uuid4()})
+    compiled = getattr(queue.statements, statement).compile(dialect=connection.dialect)
+    values = {"tasks": ["t"], "limit": 10, "worker_id": uuid.uuid4()}
+    if statement == "finish_and_claim":
+        values.update(NO_OUTCOMES)
+    params = compiled.construct_params(values)
     cursor = connection.connection.driver_connection.cursor()
     cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + compiled.string, params)
     (row,) = cursor.fetchall()
@@ -52,15 +58,19 @@ def test_claim_uses_the_partial_index_on_a_million_rows(engine, analyzed):
                 "FROM generate_series(1, 1000000) g"
             )
         )
-    with engine.begin() as connection:
-        explained = _plan(connection, queue, analyzed)
-        connection.rollback()
-    nodes = list(_nodes(explained["Plan"]))
-    scans = [n for n in nodes if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]]
-    claim_scan = next(n for n in scans if n.get("Index Name") == "jobs_claim_idx")
-    assert claim_scan["Node Type"] == "Index Scan"
-    assert claim_scan["Actual Rows"] <= 20  # stopped after the limit, in index order
-    assert not [n for n in nodes if n["Node Type"] == "Sort"]
+    if analyzed:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE pgq.jobs")
+    for statement in ("claim", "finish_and_claim"):
+        with engine.begin() as connection:
+            explained = _plan(connection, queue, statement)
+            connection.rollback()
+        nodes = list(_nodes(explained["Plan"]))
+        scans = [n for n in nodes if n.get("Relation Name") == "jobs" and "Scan" in n["Node Type"]]
+        claim_scan = next(n for n in scans if n.get("Index Name") == "jobs_claim_idx")
+        assert claim_scan["Node Type"] == "Index Scan", statement
+        assert claim_scan["Actual Rows"] <= 20, statement  # stopped after the limit, in order
+        assert not [n for n in nodes if n["Node Type"] == "Sort"], statement
 
 
 def test_a_write_without_the_lease_changes_nothing_and_is_logged(engine, caplog):
@@ -83,3 +93,38 @@ def test_a_write_without_the_lease_changes_nothing_and_is_logged(engine, caplog)
     assert "lease lost" in caplog.text
     done = database.run(protocol.finish(queue.statements, holder.id, [outcome]))
     assert done.recorded == {job_id: "succeeded"}
+
+
+def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_statement(
+    engine, caplog
+):
+    queue = Queue()
+    first, second, third = (queue.enqueue(engine, "t", {"n": n}) for n in range(3))
+    database = SyncDatabase(engine)
+    holder = protocol.Identity.new("test")
+    (claimed,) = database.run(protocol.claim(queue.statements, holder.id, ["t"], None, 1))
+    assert claimed.job.id == first
+    outcome = succeeded(first, claimed.job.attempt, "done")
+    stranger = uuid.uuid4()
+    with caplog.at_level(logging.WARNING, logger="pgq_sa.worker"):
+        finished, taken = database.run(
+            protocol.finish_and_claim(queue.statements, stranger, [outcome], ["t"], None, 1)
+        )
+    assert finished.lost == (outcome,)
+    assert finished.recorded == {}
+    assert "lease lost" in caplog.text
+    assert [c.job.id for c in taken] == [second]  # the claim part ran all the same
+    assert queue.get(engine, first).status == "running"
+    retry = Outcome(first, claimed.job.attempt, "queued", delay=0.0)
+    finished, taken = database.run(
+        protocol.finish_and_claim(queue.statements, holder.id, [retry], ["t"], None, 5)
+    )
+    assert finished.recorded == {first: "queued"}
+    assert finished.next_run_at is not None
+    # Same snapshot: the job queued again by this statement is not claimed by it.
+    assert [c.job.id for c in taken] == [third]
+    assert taken[0].job.payload == {"n": 2}
+    assert taken[0].job.attempt == 1
+    info = queue.get(engine, first)
+    assert info.status == "queued"
+    assert info.attempts == 1

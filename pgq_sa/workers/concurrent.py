@@ -1,8 +1,10 @@
 """``AsyncWorker``: a worker for async services, an anyio task group on asyncio or trio.
 
-The same pieces as the thread worker, as tasks: a fetcher claiming up to the free concurrency, one
-task per job (``async def`` handlers awaited and really cancelled on timeout or cancellation;
-``def`` handlers in worker threads), a completer batching outcomes, a heartbeater and a listener.
+The same pieces as the thread worker, as tasks: fetchers claiming up to the free concurrency, a
+fixed pool of runner tasks fed from a deque (``async def`` handlers awaited and really cancelled on
+timeout or cancellation; ``def`` handlers in worker threads), outcomes written by the fetchers with
+their next claim (one statement) or by a completer when no fetcher is about to claim, a
+heartbeater and a listener.
 On asyncio the database is an AsyncEngine (asyncpg by default); on trio, or given a sync Engine,
 a sync engine runs in worker threads. Statements and decisions are the thread worker's.
 """
@@ -16,6 +18,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any, TypeVar
@@ -26,7 +29,6 @@ import anyio.lowlevel
 import anyio.to_thread
 import psycopg
 import sniffio
-from anyio.streams.memory import MemoryObjectReceiveStream
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
@@ -50,6 +52,7 @@ from pgq_sa.workers.database import (
     ThreadedLane,
     fetcher_count,
 )
+from pgq_sa.workers.handlers import _interrupted
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
 from pgq_sa.workers.protocol import Claimed, Identity
@@ -65,6 +68,10 @@ from pgq_sa.workers.threaded import (
 log = logging.getLogger("pgq_sa.worker")
 
 T = TypeVar("T")
+
+# How long the completer leaves pending outcomes to fetchers that keep claiming (they write them
+# with their next claim) before it writes them itself, when no fetcher took any meanwhile.
+_HANDOVER_SECONDS = 0.05
 
 
 class _Wakeup:
@@ -160,6 +167,7 @@ class AsyncWorker:
         self._wake.set()
         self._backlog.set()
         self._slot_freed.set()
+        self._handover.set()
 
     # --- running -------------------------------------------------------------------------------
 
@@ -199,6 +207,7 @@ class AsyncWorker:
         )
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
+        options, statements = self.options, self.queue.statements
         self._stopping = False
         self._closing = anyio.Event()
         self._wake = _Wakeup()
@@ -209,17 +218,25 @@ class AsyncWorker:
         self._unwritten = 0
         self._writes = 0
         self._running: dict[int, Job] = {}
+        self._scopes: dict[int, anyio.CancelScope] = {}  # async jobs running: their runner's scope
         self._held: set[int] = set()
         self._claiming = 0  # fetchers between a claim and recording its jobs in _held
         self._failures = 0
         self._thread_limiter = anyio.CapacityLimiter(self.options.capacity)
-        send, receive = anyio.create_memory_object_stream[Outcome | None](math.inf)
-        self._outcomes = send
+        self._work: deque[Claimed] = deque()
+        self._idle_runners: list[anyio.Event] = []
+        self._pending: list[Outcome] = []  # finished attempts not yet written
+        self._taken = 0  # outcomes fetchers took along with a claim, ever
+        self._outcome_ready = _Wakeup()
+        self._handover = _Wakeup()  # a fetcher stopped claiming: the completer should write
+        self._hungry = 0  # fetchers whose last claim came back full (they claim again at once)
+        self._completer_closing = False
         self._completer_done = anyio.Event()
+        # Outcomes ride on the next claim unless limited tasks need their own claim transaction.
+        self._piggyback = bool(options.free_tasks) and not options.limited_tasks
         self._force = False
         if self._stop_requested.is_set():
             self._stopping = True
-        options, statements = self.options, self.queue.statements
         try:
             registered = await self._call(
                 "register",
@@ -238,7 +255,7 @@ class AsyncWorker:
             )
             async with anyio.create_task_group() as services:
                 self._services = services
-                services.start_soon(self._complete, receive)
+                services.start_soon(self._complete)
                 services.start_soon(self._heartbeat)
                 services.start_soon(self._listen)
                 services.start_soon(self._maintain)
@@ -248,13 +265,16 @@ class AsyncWorker:
                     services.start_soon(self._watch_signals)
                 async with anyio.create_task_group() as handlers:
                     self._handlers = handlers
+                    for _ in range(options.capacity):
+                        handlers.start_soon(self._run_jobs)
                     try:
                         await self._fetch(until_empty)
                     finally:
                         with anyio.CancelScope(shield=True):
                             await self._drain()
                 with anyio.CancelScope(shield=True):
-                    await self._outcomes.send(None)
+                    self._completer_closing = True
+                    self._outcome_ready.set()
                     await self._completer_done.wait()
                     for lanes in self._fetch_lanes:
                         await lanes.claim.close()
@@ -271,8 +291,6 @@ class AsyncWorker:
             log.info("worker %s stopped", self.identity.name)
         finally:
             self._token = None
-            send.close()
-            receive.close()
             with anyio.CancelScope(shield=True):
                 await self._jobs.aclose()
                 await dispose()
@@ -335,53 +353,73 @@ class AsyncWorker:
                 fetchers.start_soon(self._fetch_with, until_empty, lanes, number == 0)
 
     async def _fetch_with(self, until_empty: bool, lanes: FetchLanes[Any], leader: bool) -> None:
-        """One fetcher: reserve free slots, claim up to that many, start their handlers, repeat.
+        """One fetcher: reserve free slots, claim up to that many (writing the outcomes pending
+        meanwhile in the same statement), hand the jobs to the runners, repeat.
 
         Several fetchers run at once (each on its own connection) so that claims overlap and
         share commit flushes; the reservation keeps them from over-filling the concurrency. Only
         the leader answers wake-ups; the others join while claims come back full (a backlog), so
-        one NOTIFY costs one claim.
+        one NOTIFY costs one claim. A fetcher whose claims come back full is *hungry*: it claims
+        again as soon as a slot frees, so the completer leaves pending outcomes to it.
         """
         options = self.options
-        while not self._stopping:
-            while self._busy >= options.capacity and not self._stopping:
-                self._slot_freed.clear()
-                await self._slot_freed.wait(options.poll_interval)
-            if self._stopping:
-                return
-            limit = min(options.capacity - self._busy, options.batch_size)
-            self._busy += limit  # reserved until the claim answers
-            self._claiming += 1
-            writes_before = self._writes
-            if leader:
-                self._wake.clear()
-            failures = self._failures
-            claimed = await self._claim(limit, lanes) or []
-            self._claiming -= 1
-            self._busy -= limit - len(claimed)
-            self._unwritten += len(claimed)
-            for item in claimed:
-                self._running[item.job.id] = item.job
-                self._held.add(item.job.id)
-                self._handlers.start_soon(self._handle, item)
-            if self._failures != failures:
-                await self._return_strays()
-            if len(claimed) == limit:
-                self._backlog.set()
-                continue
-            self._backlog.clear()
-            if not leader:
-                await self._backlog.wait(options.poll_interval)
-                continue
-            if (
-                until_empty
-                and not claimed
-                and self._busy == self._unwritten == 0 == self._writes - writes_before
-            ):
-                log.info("no due job left: stopping (until_empty)")
-                self._begin_stop()
-                return
-            await self._wake.wait(options.poll_interval)
+        work, idle = self._work, self._idle_runners
+        hungry = False
+        try:
+            while not self._stopping:
+                while self._busy >= options.capacity and not self._stopping:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait(options.poll_interval)
+                if self._stopping:
+                    return
+                limit = min(options.capacity - self._busy, options.batch_size)
+                self._busy += limit  # reserved until the claim answers
+                self._claiming += 1
+                writes_before = self._writes
+                if leader:
+                    self._wake.clear()
+                failures = self._failures
+                claimed = await self._claim(limit, lanes) or []
+                self._claiming -= 1
+                self._busy -= limit - len(claimed)
+                self._unwritten += len(claimed)
+                running, held = self._running, self._held
+                for item in claimed:
+                    job = item.job
+                    running[job.id] = job
+                    held.add(job.id)
+                    work.append(item)
+                    if idle:
+                        idle.pop().set()
+                if self._failures != failures:
+                    await self._return_strays()
+                if len(claimed) == limit:
+                    if not hungry:
+                        hungry = True
+                        self._hungry += 1
+                    self._backlog.set()
+                    continue
+                if hungry:
+                    hungry = False
+                    self._hungry -= 1
+                    self._handover.set()
+                self._backlog.clear()
+                if not leader:
+                    await self._backlog.wait(options.poll_interval)
+                    continue
+                if (
+                    until_empty
+                    and not claimed
+                    and self._busy == self._unwritten == 0 == self._writes - writes_before
+                ):
+                    log.info("no due job left: stopping (until_empty)")
+                    self._begin_stop()
+                    return
+                await self._wake.wait(options.poll_interval)
+        finally:
+            if hungry:
+                self._hungry -= 1
+            self._handover.set()
 
     async def _return_strays(self) -> None:
         """After a failed claim: a claim may have committed though its answer was lost.
@@ -401,6 +439,8 @@ class AsyncWorker:
     async def _claim(self, limit: int, lanes: FetchLanes[Any]) -> list[Claimed] | None:
         """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""
         options, statements, worker_id = self.options, self.queue.statements, self.identity.id
+        if self._piggyback and self._pending:
+            return await self._finish_and_claim(limit, lanes)
         claimed: list[Claimed] = []
         if options.limited_tasks:
             limited = await self._call(
@@ -438,6 +478,34 @@ class AsyncWorker:
             claimed.extend(free or ())
         return claimed
 
+    async def _finish_and_claim(self, limit: int, lanes: FetchLanes[Any]) -> list[Claimed] | None:
+        """Write the pending outcomes and claim up to ``limit`` jobs in one statement."""
+        batch = self._pending[:_MAX_FINISH_BATCH]
+        del self._pending[:_MAX_FINISH_BATCH]
+        self._taken += len(batch)
+        options = self.options
+        answer = await self._call(
+            "claim",
+            partial(
+                protocol.finish_and_claim,
+                self.queue.statements,
+                self.identity.id,
+                batch,
+                options.free_tasks,
+                options.queues,
+                limit,
+            ),
+            lanes.claim,
+            give_up_on_stop=True,
+        )
+        if answer is None:  # gave up (stopping): the completer writes them
+            self._pending[:0] = batch
+            self._outcome_ready.set()
+            return None
+        finished, claimed = answer
+        self._written(batch, finished)
+        return claimed
+
     async def _drain(self) -> None:
         """Give running jobs ``shutdown_timeout`` to finish, then cancel what is left."""
         self._stopping = True
@@ -451,7 +519,32 @@ class AsyncWorker:
 
     # --- handlers ------------------------------------------------------------------------------
 
-    async def _handle(self, item: Claimed) -> None:
+    async def _run_jobs(self) -> None:
+        """One runner of the pool: run jobs from the deque; when it is empty, park until the
+        fetcher hands out more (cheaper than a task, a cancel scope and an event per job).
+
+        The runner's cancel scope is shared by the ``async def`` jobs it runs one after another:
+        a timeout sets its deadline, a cancellation (:meth:`_cancel`) cancels it while that job
+        runs. A scope that was cancelled is left right after its job and a fresh one entered, so
+        a cancellation never reaches the next job.
+        """
+        work, idle = self._work, self._idle_runners
+        while True:
+            with anyio.CancelScope() as scope:
+                while True:
+                    while work and not scope.cancel_called:
+                        await self._handle(work.popleft(), scope)
+                    if scope.cancel_called:
+                        break
+                    parked = anyio.Event()
+                    idle.append(parked)
+                    try:
+                        await parked.wait()
+                    finally:
+                        if not parked.is_set():
+                            idle.remove(parked)
+
+    async def _handle(self, item: Claimed, scope: anyio.CancelScope) -> None:
         job = item.job
         outcome: Outcome | None = None
         try:
@@ -462,13 +555,20 @@ class AsyncWorker:
             if item.cancel_requested:
                 job.request_cancel("cancel")
             if definition.is_async:
-                outcome = await self._jobs.run(
-                    definition, job, timeout, self.queue.events, self.identity.id
-                )
+                if definition.transactional or self.queue.events.active:
+                    # its own scope, transaction and events (see workers/transactional.py)
+                    outcome = await self._jobs.run(
+                        definition, job, timeout, self.queue.events, self.identity.id
+                    )
+                else:
+                    outcome = await self._run_async(definition, job, timeout, scope)
             else:
                 outcome = await self._run_in_thread(definition, job, timeout)
         except anyio.get_cancelled_exc_class():
-            job.request_cancel("shutdown")
+            if scope.cancel_called and job.cancel_reason in ("cancel", "timeout"):
+                outcome = _interrupted(job, timeout)  # ours: recorded; the scope absorbs it
+            else:
+                job.request_cancel("shutdown")
             raise
         except Exception as error:  # never lose a job to a worker bug
             log.exception("job %s: the worker failed around its handler", job.id)
@@ -481,7 +581,38 @@ class AsyncWorker:
                 self._unwritten -= 1
                 self._held.discard(job.id)
             else:
-                self._outcomes.send_nowait(outcome)
+                self._pending.append(outcome)
+                self._outcome_ready.set()
+
+    async def _run_async(
+        self, definition: Any, job: Job, timeout: float | None, scope: anyio.CancelScope
+    ) -> Outcome:
+        """Await an ``async def`` handler inside the runner's scope (see :meth:`_run_jobs`);
+        the outcomes are those of :func:`~pgq_sa.workers.handlers.run_async_handler`."""
+        if job.cancelled:
+            return _interrupted(job, timeout)
+        self._scopes[job.id] = scope
+        if timeout is not None:
+            scope.deadline = anyio.current_time() + timeout
+        try:
+            value = await definition.handler(job)
+        except anyio.get_cancelled_exc_class():
+            if scope.cancel_called and not job.cancelled:
+                job.request_cancel("timeout")  # the deadline passed
+            raise
+        except Exception as error:
+            if job.cancelled:
+                return _interrupted(job, timeout)
+            return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+        finally:
+            del self._scopes[job.id]
+            if timeout is not None and not scope.cancel_called:
+                scope.deadline = math.inf
+        if job.cancelled or scope.cancel_called:
+            if not job.cancelled:
+                job.request_cancel("timeout")
+            return _interrupted(job, timeout)
+        return decisions.succeeded(job.id, job.attempt, value)
 
     async def _run_in_thread(self, definition: Any, job: Job, timeout: float | None) -> Outcome:
         async with anyio.create_task_group() as deadline:
@@ -507,43 +638,50 @@ class AsyncWorker:
 
     # --- completer -----------------------------------------------------------------------------
 
-    async def _complete(self, receive: MemoryObjectReceiveStream[Outcome | None]) -> None:
-        statements = self.queue.statements
+    async def _complete(self) -> None:
+        """Write the outcomes no fetcher takes along: while some fetcher is hungry and keeps
+        taking them, leave them; otherwise (idle queue, stopping) write them at once."""
+        pending, statements = self._pending, self.queue.statements
         try:
-            async with receive:
-                closing = False
-                while not closing:
-                    first = await receive.receive()
-                    if first is None:
+            while True:
+                if not pending:
+                    if self._completer_closing:
                         return
-                    batch = [first]
-                    while len(batch) < _MAX_FINISH_BATCH:
-                        try:
-                            item = receive.receive_nowait()
-                        except anyio.WouldBlock:
-                            break
-                        if item is None:
-                            closing = True
-                            break
-                        batch.append(item)
-                    finished = await self._call(
-                        "finish",
-                        partial(protocol.finish, statements, self.identity.id, batch),
-                        self._finish_lane,
-                    )
-                    self._unwritten -= len(batch)
-                    self._held.difference_update(o.job_id for o in batch)
-                    self._writes += 1
-                    if self._until_empty:
-                        self._wake.set()  # the fetcher re-checks for "empty" after every write
-                    self.processed += len(batch)
-                    self._slot_freed.set()
-                    if self.options.limited_tasks:
-                        self._wake.set()  # a slot of a limited task may have freed up
-                    if finished is not None and finished.next_run_at is not None:
-                        self._wake_at(finished.next_run_at.timestamp())
+                    self._outcome_ready.clear()
+                    await self._outcome_ready.wait(self.options.poll_interval)
+                    continue
+                if self._piggyback and self._hungry and not self._stopping:
+                    taken = self._taken
+                    self._handover.clear()
+                    await self._handover.wait(_HANDOVER_SECONDS)
+                    if self._taken != taken:
+                        continue  # the fetchers are taking them
+                    if not pending:
+                        continue
+                batch = pending[:_MAX_FINISH_BATCH]
+                del pending[:_MAX_FINISH_BATCH]
+                finished = await self._call(
+                    "finish",
+                    partial(protocol.finish, statements, self.identity.id, batch),
+                    self._finish_lane,
+                )
+                self._written(batch, finished)
         finally:
             self._completer_done.set()
+
+    def _written(self, batch: list[Outcome], finished: protocol.Finished | None) -> None:
+        """Account for a batch of outcomes the database has (or, closing, never will have)."""
+        self._unwritten -= len(batch)
+        self._held.difference_update(o.job_id for o in batch)
+        self._writes += 1
+        if self._until_empty:
+            self._wake.set()  # the fetcher re-checks for "empty" after every write
+        self.processed += len(batch)
+        self._slot_freed.set()
+        if self.options.limited_tasks:
+            self._wake.set()  # a slot of a limited task may have freed up
+        if finished is not None and finished.next_run_at is not None:
+            self._wake_at(finished.next_run_at.timestamp())
 
     def _wake_at(self, when: float) -> None:
         delay = when - time.time()
@@ -566,8 +704,8 @@ class AsyncWorker:
             beat = await self._call(
                 "heartbeat", lambda: protocol.heartbeat(statements, self.identity.id)
             )
-            if beat is None:
-                return
+            if beat is None or (not beat.alive and self._closing.is_set()):
+                return  # closing: the row is gone because this worker deregistered
             if not beat.alive:
                 log.warning("worker %s: its row was gone; registering again", self.identity.name)
                 await self._call(
@@ -621,6 +759,9 @@ class AsyncWorker:
             if job is not None:
                 log.info("job %s: cancellation requested", job.id)
                 job.request_cancel("cancel")
+                scope = self._scopes.get(job_id)
+                if scope is not None:  # an async handler running: stop it
+                    scope.cancel()
 
     async def _listen(self) -> None:
         url = self._db.url

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgq_sa.decisions import Outcome, finish_parameters
 from pgq_sa.events import EventHub, rescued
@@ -94,8 +94,7 @@ def heartbeat(statements: Statements, worker_id: uuid.UUID) -> Operation[Heartbe
     return Heartbeat(alive=bool(row.alive), cancel=tuple(row.cancel or ()))
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A leased job with what the worker needs beside the handler's view of it."""
 
     job: Job
@@ -137,30 +136,50 @@ def claim_limited(
             "limit": limit,
         },
     )
-    return _claimed(rows)
+    return _claimed([row[:CLAIM_COLUMNS] for row in rows])  # then "paced"
+
+
+# The claim statements return these columns first, in this order (``_claimed`` unpacks them by
+# position: rows arrive by the batch on the hot path).
+CLAIM_COLUMNS = 14
 
 
 def _claimed(rows: Sequence[Any]) -> list[Claimed]:
     return [
         Claimed(
             Job(
-                id=row.id,
-                task=row.task,
-                payload=row.payload,
-                attempt=row.attempt,
-                max_attempts=row.max_attempts,
-                priority=row.priority,
-                queue=row.queue,
-                created_at=row.created_at,
-                scheduled_at=row.scheduled_at,
-                run_at=row.run_at,
-                started_at=row.started_at,
-                meta=row.meta,
+                job_id,
+                task,
+                payload,
+                attempt,
+                max_attempts,
+                priority,
+                queue,
+                created,
+                scheduled,
+                run_at=run_at,
+                started_at=started_at,
+                meta=meta,
             ),
-            timeout=row.timeout,
-            cancel_requested=row.cancel_requested,
+            timeout,
+            cancel_requested,
         )
-        for row in rows
+        for (
+            job_id,
+            task,
+            payload,
+            attempt,
+            max_attempts,
+            priority,
+            queue,
+            created,
+            timeout,
+            scheduled,
+            cancel_requested,
+            run_at,
+            started_at,
+            meta,
+        ) in rows
     ]
 
 
@@ -194,7 +213,45 @@ def finish(
         return Finished({}, (), None)
     params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
     rows = yield statements.finish, params
-    recorded = {row.id: row.state for row in rows}
+    return _finished(outcomes, [(row.id, row.state, row.run_at) for row in rows])
+
+
+def finish_and_claim(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    outcomes: Sequence[Outcome],
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+) -> Operation[tuple[Finished, list[Claimed]]]:
+    """Write ``outcomes`` (as :func:`finish`) and lease up to ``limit`` jobs (as :func:`claim`)
+    in one statement, so a busy worker pays one round trip and one commit per batch. Outcomes
+    already ``written`` (by a transactional task's own transaction) are not written again."""
+    outcomes = [o for o in outcomes if not o.written]
+    params: dict[str, Any] = {
+        "worker_id": worker_id,
+        "tasks": list(tasks),
+        "limit": limit,
+        **finish_parameters(list(outcomes)),
+    }
+    if queues is None:
+        rows = yield statements.finish_and_claim, params
+    else:
+        rows = yield statements.finish_and_claim_in_queues, {**params, "queues": list(queues)}
+    claimed_rows: list[Any] = []
+    written: list[tuple[int, str, Any]] = []
+    row: Any
+    for row in rows:
+        if row[0]:
+            claimed_rows.append(row[1 : 1 + CLAIM_COLUMNS])
+        else:
+            written.append((row[1], row[1 + CLAIM_COLUMNS], row[2 + CLAIM_COLUMNS]))
+    return _finished(outcomes, written), _claimed(claimed_rows)
+
+
+def _finished(outcomes: Sequence[Outcome], written: Sequence[tuple[int, str, Any]]) -> Finished:
+    """What a finish wrote (``(id, state, run_at)`` per row), and the outcomes it could not."""
+    recorded = {job_id: state for job_id, state, _ in written}
     lost = tuple(o for o in outcomes if o.job_id not in recorded)
     for outcome in lost:
         log.warning(
@@ -204,7 +261,7 @@ def finish(
             outcome.attempt,
             outcome.state,
         )
-    retry_times = [row.run_at for row in rows if row.state == "queued"]
+    retry_times = [run_at for _, state, run_at in written if state == "queued"]
     return Finished(recorded, lost, min(retry_times) if retry_times else None)
 
 

@@ -3,8 +3,10 @@
 The calling thread fetches (claims up to the free handler slots, then waits for a NOTIFY or the
 poll interval); ``threads`` handler threads run jobs; a completer writes finished outcomes in
 batches; a heartbeater keeps the worker's row fresh and learns about cancellations; a listener
-turns NOTIFY into wake-ups. ``async def`` handlers run on one event loop thread of the worker's
-own. Every statement is one of :mod:`pgq_sa.statements`, driven through :mod:`.protocol`.
+turns NOTIFY into wake-ups. Finished outcomes ride on the fetchers' next claim (one statement,
+``finish_and_claim``) while claims keep coming back full; the completer writes them otherwise.
+``async def`` handlers run on one event loop thread of the worker's own. Every statement is one
+of :mod:`pgq_sa.statements`, driven through :mod:`.protocol`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ _MAX_FINISH_BATCH = 1000
 PRUNE_BATCH = 1000
 MAX_PRUNE_ROUNDS = 10
 _RECONNECT_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+# How long the completer leaves pending outcomes to fetchers that keep claiming (they write them
+# with their next claim) before it writes them itself, when no fetcher took any meanwhile.
+HANDOVER_SECONDS = 0.05
 
 
 def sync_engine(bind: Engine | str | URL) -> tuple[Engine, bool]:
@@ -120,7 +125,12 @@ class ThreadWorker:
         self._claiming = 0  # fetchers between a claim and recording its jobs in _held
         self._failures = 0
         self._work: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
-        self._outcomes: queues_module.SimpleQueue[Outcome | None] = queues_module.SimpleQueue()
+        self._pending: list[Outcome] = []  # finished attempts not yet written (under _lock)
+        self._taken = 0  # outcomes fetchers took along with a claim, ever
+        self._hungry = 0  # fetchers whose last claim came back full (they claim again at once)
+        self._completer_closing = False
+        # Outcomes ride on the next claim unless limited tasks need their own claim transaction.
+        self._piggyback = bool(self.options.free_tasks) and not self.options.limited_tasks
         self._portal: BlockingPortal | None = None
         self._timers = TimerThread()
         self._db = SyncDatabase(self._engine)
@@ -254,13 +264,34 @@ class ThreadWorker:
     # --- fetcher (the calling thread) ------------------------------------------------------------
 
     def _fetch(self, until_empty: bool, lanes: FetchLanes[SyncLane], leader: bool = True) -> None:
-        """One fetcher: reserve free handler slots, claim up to that many, dispatch, repeat.
+        """One fetcher: reserve free handler slots, claim up to that many (writing the outcomes
+        pending meanwhile in the same statement), dispatch, repeat.
 
         Several fetchers run at once (each on its own connection) so that claims overlap and
         share commit flushes; a reservation keeps them from over-filling the handler slots. Only
         the leader answers wake-ups; the others join while claims come back full (a backlog), so
-        one NOTIFY costs one claim.
+        one NOTIFY costs one claim. A fetcher whose claims come back full is *hungry*: it claims
+        again as soon as a slot frees, so the completer leaves pending outcomes to it.
         """
+        hungry = [False]
+        try:
+            self._fetch_rounds(until_empty, lanes, leader, hungry)
+        finally:
+            with self._lock:
+                if hungry[0]:
+                    self._hungry -= 1
+                self._lock.notify_all()
+
+    def _set_hungry(self, hungry: list[bool], value: bool) -> None:
+        if hungry[0] != value:
+            hungry[0] = value
+            with self._lock:
+                self._hungry += 1 if value else -1
+                self._lock.notify_all()
+
+    def _fetch_rounds(
+        self, until_empty: bool, lanes: FetchLanes[SyncLane], leader: bool, hungry: list[bool]
+    ) -> None:
         options = self.options
         while not self._stopping.is_set():
             with self._lock:
@@ -289,8 +320,10 @@ class ThreadWorker:
             if self._failures != failures:
                 self._return_strays()
             if len(claimed) == limit:
+                self._set_hungry(hungry, True)
                 self._backlog.set()
                 continue
+            self._set_hungry(hungry, False)
             self._backlog.clear()
             if not leader:
                 self._backlog.wait(options.poll_interval)
@@ -322,6 +355,8 @@ class ThreadWorker:
     def _claim(self, limit: int, lanes: FetchLanes[SyncLane]) -> list[Claimed] | None:
         """Claim up to ``limit`` jobs: limited tasks under their limit rows, then the rest."""
         options, statements, worker_id = self.options, self.queue.statements, self.identity.id
+        if self._piggyback and self._pending:
+            return self._finish_and_claim(limit, lanes)
         claimed: list[Claimed] = []
         if options.limited_tasks:
             limited = self._call(
@@ -357,6 +392,36 @@ class ThreadWorker:
                 self._stopping,
             )
             claimed.extend(free or ())
+        return claimed
+
+    def _finish_and_claim(self, limit: int, lanes: FetchLanes[SyncLane]) -> list[Claimed] | None:
+        """Write the pending outcomes and claim up to ``limit`` jobs in one statement."""
+        with self._lock:
+            batch = self._pending[:_MAX_FINISH_BATCH]
+            del self._pending[:_MAX_FINISH_BATCH]
+            self._taken += len(batch)
+        options = self.options
+        answer = self._call(
+            "claim",
+            partial(
+                protocol.finish_and_claim,
+                self.queue.statements,
+                self.identity.id,
+                batch,
+                options.free_tasks,
+                options.queues,
+                limit,
+            ),
+            lanes.claim,
+            self._stopping,
+        )
+        if answer is None:  # gave up (stopping): the completer writes them
+            with self._lock:
+                self._pending[:0] = batch
+                self._lock.notify_all()
+            return None
+        finished, claimed = answer
+        self._written(batch, finished)
         return claimed
 
     # --- handler threads -----------------------------------------------------------------------
@@ -402,50 +467,60 @@ class ThreadWorker:
             if outcome is None:
                 self._unwritten -= 1
                 self._held.discard(job.id)
+            else:
+                self._pending.append(outcome)
             self._lock.notify_all()
-        if outcome is not None:
-            self._outcomes.put(outcome)
 
     # --- completer -----------------------------------------------------------------------------
 
     def _complete(self) -> None:
-        statements = self.queue.statements
-        closing = False
-        while not closing:
-            first = self._outcomes.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < _MAX_FINISH_BATCH:
-                try:
-                    item = self._outcomes.get_nowait()
-                except queues_module.Empty:
-                    break
-                if item is None:
-                    closing = True
-                    break
-                batch.append(item)
+        """Write the outcomes no fetcher takes along: while some fetcher is hungry and keeps
+        taking them, leave them; otherwise (idle queue, stopping) write them at once."""
+        statements, lock, pending = self.queue.statements, self._lock, self._pending
+        while True:
+            with lock:
+                while not pending and not self._completer_closing:
+                    lock.wait()
+                if not pending:
+                    return
+                if self._piggyback and self._hungry and not self._stopping.is_set():
+                    taken, until = self._taken, time.monotonic() + HANDOVER_SECONDS
+                    while (
+                        self._taken == taken
+                        and self._hungry
+                        and not self._stopping.is_set()
+                        and (left := until - time.monotonic()) > 0
+                    ):
+                        lock.wait(left)  # woken by every finished job too
+                    if self._taken != taken or not pending:
+                        continue  # the fetchers are taking them
+                batch = pending[:_MAX_FINISH_BATCH]
+                del pending[:_MAX_FINISH_BATCH]
             finished = self._call(
                 "finish",
                 partial(protocol.finish, statements, self.identity.id, batch),
                 self._finish_lane,
             )
-            with self._lock:
-                self._unwritten -= len(batch)
-                self._held.difference_update(o.job_id for o in batch)
-                self._writes += 1
-                if self._until_empty:
-                    self._wake.set()  # the fetcher re-checks for "empty" after every write
-                self.processed += len(batch)
-                self._lock.notify_all()
-            if self.options.limited_tasks:
-                self._wake.set()  # a slot of a limited task may have freed up
-            if finished is not None and finished.next_run_at is not None:
-                delay = finished.next_run_at.timestamp() - time.time()
-                if delay <= 0:
-                    self._wake.set()
-                else:
-                    self._timers.call_later(delay, self._wake.set)
+            self._written(batch, finished)
+
+    def _written(self, batch: list[Outcome], finished: protocol.Finished | None) -> None:
+        """Account for a batch of outcomes the database has (or, closing, never will have)."""
+        with self._lock:
+            self._unwritten -= len(batch)
+            self._held.difference_update(o.job_id for o in batch)
+            self._writes += 1
+            if self._until_empty:
+                self._wake.set()  # the fetcher re-checks for "empty" after every write
+            self.processed += len(batch)
+            self._lock.notify_all()
+        if self.options.limited_tasks:
+            self._wake.set()  # a slot of a limited task may have freed up
+        if finished is not None and finished.next_run_at is not None:
+            delay = finished.next_run_at.timestamp() - time.time()
+            if delay <= 0:
+                self._wake.set()
+            else:
+                self._timers.call_later(delay, self._wake.set)
 
     # --- heartbeat -----------------------------------------------------------------------------
 
@@ -453,8 +528,8 @@ class ThreadWorker:
         statements, options = self.queue.statements, self.options
         while not self._closing.wait(options.heartbeat_interval):
             beat = self._call("heartbeat", lambda: protocol.heartbeat(statements, self.identity.id))
-            if beat is None:
-                return
+            if beat is None or (not beat.alive and self._closing.is_set()):
+                return  # closing: the row is gone because this worker deregistered
             if not beat.alive:
                 log.warning("worker %s: its row was gone; registering again", self.identity.name)
                 self._call(
@@ -566,7 +641,9 @@ class ThreadWorker:
             job.request_cancel("shutdown")  # async handlers stop; sync ones are abandoned
         for _ in handlers:
             self._work.put(None)
-        self._outcomes.put(None)
+        with self._lock:
+            self._completer_closing = True
+            self._lock.notify_all()
         completer.join()
         for lanes in self._fetch_lanes:
             lanes.claim.close()
