@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import timedelta
@@ -352,3 +353,42 @@ def test_retention_prunes_finished_jobs_in_batches(kind, engine, database_url):
     assert count_jobs(engine, state="succeeded") == 0
     assert count_jobs(engine, state="failed") == 1
     assert threaded.PRUNE_BATCH < 2500  # it took more than one bounded batch
+
+
+def test_a_thread_worker_that_never_registered_leaves_no_connection(
+    empty_database_url, admin_engine
+):
+    """Stopped while its registration fails (the schema is not installed), the worker still
+    closes every connection of the engine it made from the URL."""
+    queue = Queue()
+    queue.task("noop")(lambda job: None)
+    worker = ThreadWorker(queue, empty_database_url.render_as_string(hide_password=False))
+    failed = threading.Event()
+
+    class FirstFailure(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("register failed"):
+                failed.set()
+
+    watcher = FirstFailure()
+    logging.getLogger("pgq_sa.worker").addHandler(watcher)
+    runner = threading.Thread(target=worker.run)
+    try:
+        runner.start()
+        assert failed.wait(30), "the registration never failed"
+        worker.stop()
+        runner.join(30)
+        assert not runner.is_alive()
+    finally:
+        logging.getLogger("pgq_sa.worker").removeHandler(watcher)
+    deadline = time.monotonic() + 10
+    while True:
+        with admin_engine.connect() as connection:
+            left = connection.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": empty_database_url.database},
+            ).scalar_one()
+        if left == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert left == 0, f"{left} connections left open"

@@ -166,49 +166,51 @@ class ThreadWorker:
         options = self.options
         handlers: list[threading.Thread] = []
         fetchers: list[threading.Thread] = []
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(self._signals())
-            if any(d.is_async for d in options.tasks.values()):
-                self._portal = stack.enter_context(start_blocking_portal("asyncio"))
-            if not self._call(
-                "register",
-                self._register,
-                give_up=self._stopping,  # a signal while the database is unreachable ends it
-            ) or not self._call(
-                "limits",
-                partial(protocol.upsert_limits, statements, list(options.tasks.values())),
-                give_up=self._stopping,
-            ):
-                return
-            self._timers.start()
-            for number in range(options.capacity):
-                handlers.append(self._start(self._handle_jobs, f"handler-{number}"))
-            completer = self._start(self._complete, "completer")
-            heartbeater = self._start(self._heartbeat, "heartbeat")
-            listener = self._start(self._listen, "listener")
-            maintenance = self._start(self._maintain, "maintenance")
-            if self.queue.schedules:
-                fetchers.append(self._start(self._schedule, "scheduler"))
-            log.info(
-                "worker %s started: %d threads, tasks %s",
-                self.identity.name,
-                options.capacity,
-                ", ".join(options.task_names),
-            )
-            self._until_empty = until_empty
-            for lanes in self._fetch_lanes[1:]:
-                follower = partial(self._fetch, until_empty, lanes, False)
-                fetchers.append(self._start(follower, "fetcher"))
-            try:
-                self._fetch(until_empty, self._fetch_lanes[0])
-            finally:
-                self.stop()
-                for fetcher in fetchers:  # they use the lanes closed below
-                    fetcher.join()
-                self._shut_down(handlers, completer, heartbeater, listener)
-                maintenance.join()
-        if self._owns_engine:
-            self._engine.dispose()
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self._signals())
+                if any(d.is_async for d in options.tasks.values()):
+                    self._portal = stack.enter_context(start_blocking_portal("asyncio"))
+                if not self._call(
+                    "register",
+                    self._register,
+                    give_up=self._stopping,  # a signal while the database is unreachable ends it
+                ) or not self._call(
+                    "limits",
+                    partial(protocol.upsert_limits, statements, list(options.tasks.values())),
+                    give_up=self._stopping,
+                ):
+                    return
+                self._timers.start()
+                for number in range(options.capacity):
+                    handlers.append(self._start(self._handle_jobs, f"handler-{number}"))
+                completer = self._start(self._complete, "completer")
+                heartbeater = self._start(self._heartbeat, "heartbeat")
+                listener = self._start(self._listen, "listener")
+                maintenance = self._start(self._maintain, "maintenance")
+                if self.queue.schedules:
+                    fetchers.append(self._start(self._schedule, "scheduler"))
+                log.info(
+                    "worker %s started: %d threads, tasks %s",
+                    self.identity.name,
+                    options.capacity,
+                    ", ".join(options.task_names),
+                )
+                self._until_empty = until_empty
+                for lanes in self._fetch_lanes[1:]:
+                    follower = partial(self._fetch, until_empty, lanes, False)
+                    fetchers.append(self._start(follower, "fetcher"))
+                try:
+                    self._fetch(until_empty, self._fetch_lanes[0])
+                finally:
+                    self.stop()
+                    for fetcher in fetchers:  # they use the lanes closed below
+                        fetcher.join()
+                    self._shut_down(handlers, completer, heartbeater, listener)
+                    maintenance.join()
+        finally:  # also when it gave up before registering
+            if self._owns_engine:
+                self._engine.dispose()
 
     def _start(self, target: Callable[[], None], role: str) -> threading.Thread:
         thread = threading.Thread(target=target, name=f"pgq_sa-{role}", daemon=True)
