@@ -25,7 +25,7 @@ from sqlalchemy.sql.expression import Executable
 
 from pgq_sa.executors import Operation, run_async, run_sync
 from pgq_sa.schema import DEFAULT_SCHEMA, QueueTables, build_tables
-from pgq_sa.statements import Grant, jobs_id_sequence
+from pgq_sa.statements import INSERTED_COLUMNS, Grant, jobs_id_sequence
 
 # (table, privilege, columns) per role; "()" means the whole table.
 _ALL_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
@@ -41,17 +41,7 @@ PRODUCER_PLAN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "jobs",
         "INSERT",
-        (
-            "id",
-            "task",
-            "queue",
-            "payload",
-            "priority",
-            "max_attempts",
-            "run_at",
-            "dedupe_key",
-            "meta",
-        ),
+        INSERTED_COLUMNS,
     ),
     ("jobs", "UPDATE", ("state", "finished_at", "cancel_requested")),  # cancel
 )

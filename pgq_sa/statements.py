@@ -40,7 +40,7 @@ from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by, insert
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import ExecutableDDLElement, Sequence, Table
 from sqlalchemy.sql.compiler import DDLCompiler
-from sqlalchemy.sql.expression import ColumnElement, Executable
+from sqlalchemy.sql.expression import ColumnClause, ColumnElement, Executable
 
 from pgq_sa.schema import JobStatus, QueueTables, finished_channel, notify_channel
 
@@ -50,6 +50,49 @@ LIVE_PREDICATE = "dedupe_key IS NOT NULL AND state IN ('queued', 'running')"
 # cheapest way to ship 100,000 values through either driver (their array encoders are slower),
 # and payloads arrive already serialised, so they are joined into the array without re-encoding.
 # A column that is NULL for every job is sent as an empty array: ROWS FROM pads it with NULLs.
+# The columns a job row gets from the enqueue statement (the rest take their defaults).
+INSERTED_COLUMNS = (
+    "id",
+    "task",
+    "queue",
+    "payload",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "dedupe_key",
+    "meta",
+)
+
+# What every claim statement returns for a leased job, in this order (the workers unpack rows
+# by position on the hot path): the Core claim, the limited claim and finish_and_claim.
+CLAIMED_COLUMNS = (
+    "id",
+    "task",
+    "payload",
+    "attempt",
+    "max_attempts",
+    "priority",
+    "queue",
+    "created_at",
+    "timeout",
+    "scheduled_at",
+    "cancel_requested",
+    "run_at",
+    "started_at",
+    "meta",
+)
+
+
+def _claimed_sql(alias: str) -> str:
+    """``CLAIMED_COLUMNS`` of the table ``alias``, for a RETURNING list in SQL text."""
+    return ", ".join(f"{alias}.{name}" for name in CLAIMED_COLUMNS)
+
+
+def _claimed_types(tables: QueueTables) -> list[ColumnClause[Any]]:
+    """``CLAIMED_COLUMNS`` typed as the jobs table types them, for ``TextClause.columns``."""
+    return [column(name, tables.jobs.c[name].type) for name in CLAIMED_COLUMNS]
+
+
 ENQUEUE_COLUMNS = (
     "task",
     "queue",
@@ -213,30 +256,7 @@ def _enqueue(tables: QueueTables) -> Executable:
     )
     inserted = (
         insert(jobs)
-        .from_select(
-            [
-                "id",
-                "task",
-                "queue",
-                "payload",
-                "priority",
-                "max_attempts",
-                "run_at",
-                "dedupe_key",
-                "meta",
-            ],
-            select(
-                source.c.id,
-                source.c.task,
-                source.c.queue,
-                source.c.payload,
-                source.c.priority,
-                source.c.max_attempts,
-                source.c.run_at,
-                source.c.dedupe_key,
-                source.c.meta,
-            ),
-        )
+        .from_select(list(INSERTED_COLUMNS), select(*(source.c[name] for name in INSERTED_COLUMNS)))
         .on_conflict_do_nothing(
             index_elements=[jobs.c.dedupe_key], index_where=text(LIVE_PREDICATE)
         )
@@ -493,22 +513,7 @@ def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
             worker_id=bindparam("worker_id", type_=jobs.c.worker_id.type),
             started_at=func.now(),
         )
-        .returning(
-            jobs.c.id,
-            jobs.c.task,
-            jobs.c.payload,
-            jobs.c.attempt,
-            jobs.c.max_attempts,
-            jobs.c.priority,
-            jobs.c.queue,
-            jobs.c.created_at,
-            jobs.c.timeout,
-            jobs.c.scheduled_at,
-            jobs.c.cancel_requested,
-            jobs.c.run_at,
-            jobs.c.started_at,
-            jobs.c.meta,
-        )
+        .returning(*(jobs.c[name] for name in CLAIMED_COLUMNS))
     )
 
 
@@ -630,17 +635,14 @@ claimed AS (
            worker_id = :worker_id
       FROM picked
      WHERE c.id = picked.id
-    RETURNING c.id, c.task, c.payload, c.attempt, c.max_attempts, c.priority, c.queue,
-              c.created_at, c.timeout, c.scheduled_at, c.cancel_requested, c.run_at,
-              c.started_at, c.meta
+    RETURNING {_claimed_sql("c")}
 )
-SELECT true AS claimed, id, task, payload, attempt, max_attempts, priority, queue, created_at,
-       timeout, scheduled_at, cancel_requested, run_at, started_at, meta,
+SELECT true AS claimed, {", ".join(CLAIMED_COLUMNS)},
        NULL::text AS state, NULL::timestamptz AS next_run_at, NULL::bigint AS notices
   FROM claimed
 UNION ALL
-SELECT false, done.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, done.state::text, done.run_at, (SELECT count(*) FROM notified)
+SELECT false, done.id, {", ".join(["NULL"] * (len(CLAIMED_COLUMNS) - 1))},
+       done.state::text, done.run_at, (SELECT count(*) FROM notified)
   FROM done
 """
     )
@@ -654,20 +656,7 @@ SELECT false, done.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NUL
         parameters.append(bindparam("queues", type_=ARRAY(Text)))
     return statement.bindparams(*parameters).columns(
         column("claimed", Boolean),
-        column("id", BigInteger),
-        column("task", Text),
-        column("payload", jobs.c.payload.type),
-        column("attempt", Integer),
-        column("max_attempts", Integer),
-        column("priority", SmallInteger),
-        column("queue", Text),
-        column("created_at", DateTime(timezone=True)),
-        column("timeout", Double),
-        column("scheduled_at", DateTime(timezone=True)),
-        column("cancel_requested", Boolean),
-        column("run_at", DateTime(timezone=True)),
-        column("started_at", DateTime(timezone=True)),
-        column("meta", jobs.c.meta.type),
+        *_claimed_types(tables),
         column("state", Text),
         column("next_run_at", DateTime(timezone=True)),
         column("notices", BigInteger),
@@ -894,9 +883,7 @@ claimed AS (
            started_at = now()
       FROM picked
      WHERE j.id = picked.id
-    RETURNING j.id, j.task, j.payload, j.attempt, j.max_attempts, j.priority, j.queue,
-              j.created_at, j.timeout, j.scheduled_at, j.cancel_requested, j.run_at,
-              j.started_at, j.meta
+    RETURNING {_claimed_sql("j")}
 ),
 paced AS (
     UPDATE "{s}".task_limits AS l
@@ -916,20 +903,7 @@ SELECT claimed.*, (SELECT count(*) FROM paced) AS paced FROM claimed
             bindparam("limit", type_=Integer),
         )
         .columns(
-            column("id", BigInteger),
-            column("task", Text),
-            column("payload", JSONB),
-            column("attempt", Integer),
-            column("max_attempts", Integer),
-            column("priority", SmallInteger),
-            column("queue", Text),
-            column("created_at", DateTime(timezone=True)),
-            column("timeout", Double),
-            column("scheduled_at", DateTime(timezone=True)),
-            column("cancel_requested", Boolean),
-            column("run_at", DateTime(timezone=True)),
-            column("started_at", DateTime(timezone=True)),
-            column("meta", JSONB),
+            *_claimed_types(tables),
         )
     )
 

@@ -21,7 +21,7 @@ from pgq_sa.decisions import Outcome, finish_parameters
 from pgq_sa.events import EventHub, rescued
 from pgq_sa.executors import Operation
 from pgq_sa.job import Job
-from pgq_sa.statements import Statements
+from pgq_sa.statements import CLAIMED_COLUMNS, Statements
 from pgq_sa.tasks import TaskDefinition
 
 log = logging.getLogger("pgq_sa.worker")
@@ -141,7 +141,7 @@ def claim_limited(
 
 # The claim statements return these columns first, in this order (``_claimed`` unpacks them by
 # position: rows arrive by the batch on the hot path).
-CLAIM_COLUMNS = 14
+CLAIM_COLUMNS = len(CLAIMED_COLUMNS)
 
 
 def _claimed(rows: Sequence[Any]) -> list[Claimed]:
