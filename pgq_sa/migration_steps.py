@@ -154,6 +154,15 @@ def _unsuccessful_index_down(s: str) -> list[str]:
     return [f'DROP INDEX IF EXISTS "{s}".jobs_unsuccessful_idx']
 
 
+def _awaited_up(s: str) -> list[str]:
+    # A constant default: PostgreSQL adds the column without rewriting the table.
+    return [f'ALTER TABLE "{s}".jobs ADD COLUMN awaited boolean NOT NULL DEFAULT false']
+
+
+def _awaited_down(s: str) -> list[str]:
+    return [f'ALTER TABLE "{s}".jobs DROP COLUMN IF EXISTS awaited']
+
+
 STEPS: tuple[Step, ...] = (
     Step(
         "pgq_sa_0001", "jobs, workers, queues, task limits, schedules", _initial_up, _initial_down
@@ -163,5 +172,11 @@ STEPS: tuple[Step, ...] = (
         "index of failed and cancelled jobs, for monitoring",
         _unsuccessful_index_up,
         _unsuccessful_index_down,
+    ),
+    Step(
+        "pgq_sa_0003",
+        "jobs.awaited: a finished job is announced only when someone waits for it",
+        _awaited_up,
+        _awaited_down,
     ),
 )

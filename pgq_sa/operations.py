@@ -139,6 +139,11 @@ def get(statements: Statements, job_id: int) -> Operation[JobInfo | None]:
     return job_info(rows[0]) if rows else None
 
 
+def mark_awaited(statements: Statements, job_id: int) -> Operation[None]:
+    """Ask for the job's end to be announced on the finished channel (no-op once finished)."""
+    yield statements.mark_awaited, {"job_id": job_id}
+
+
 def cancel(statements: Statements, job_id: int) -> Operation[bool]:
     """Cancel a queued job outright; flag a running one so its worker stops it."""
     rows = yield statements.cancel_queued, {"job_id": job_id}

@@ -43,7 +43,7 @@ PRODUCER_PLAN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "INSERT",
         INSERTED_COLUMNS,
     ),
-    ("jobs", "UPDATE", ("state", "finished_at", "cancel_requested")),  # cancel
+    ("jobs", "UPDATE", ("state", "finished_at", "cancel_requested", "awaited")),  # cancel, wait
 )
 
 _NOT_ROLES = frozenset({"public", "none", "current_user", "current_role", "session_user"})

@@ -132,6 +132,9 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
         Column("schedule", Text, nullable=True),
         Column("scheduled_at", DateTime(timezone=True), nullable=True),
         Column("meta", JSONB(none_as_null=True), nullable=True),
+        # Set by Queue.wait: the statement that finishes this job announces it (a NOTIFY on the
+        # finished channel); jobs nobody waits for finish without one (migration step 0003).
+        Column("awaited", Boolean, nullable=False, server_default="false"),
         CheckConstraint(
             f"char_length(task) BETWEEN 1 AND {MAX_TASK_NAME_LENGTH}", name="task_length"
         ),

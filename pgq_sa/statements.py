@@ -24,6 +24,7 @@ from sqlalchemy import (
     SmallInteger,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     column,
@@ -158,6 +159,7 @@ class Statements:
     enqueue: Executable
     live_ids_by_dedupe_key: Executable
     get_job: Executable
+    mark_awaited: Executable
     cancel_queued: Executable
     cancel_running: Executable
     retry_finished: Executable
@@ -194,6 +196,7 @@ class Statements:
             enqueue=_enqueue(tables),
             live_ids_by_dedupe_key=_live_ids_by_dedupe_key(tables),
             get_job=_get_job(tables),
+            mark_awaited=_mark_awaited(tables),
             cancel_queued=_cancel_queued(tables),
             cancel_running=_cancel_running(tables),
             retry_finished=_retry_finished(tables),
@@ -305,13 +308,42 @@ def _get_job(tables: QueueTables) -> Executable:
     return job_columns(tables).where(tables.jobs.c.id == bindparam("job_id"))
 
 
+def _mark_awaited(tables: QueueTables) -> Executable:
+    """Ask for a NOTIFY when an unfinished job finishes (``Queue.wait``).
+
+    The UPDATE takes the row lock, so it runs before or after any statement finishing the job,
+    never beside it: either that statement sees the flag and announces the job, or the job is
+    already finished when the waiter reads it next.
+    """
+    jobs = tables.jobs
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            in_states(jobs.c.state, "queued", "running"),
+            jobs.c.awaited.is_(false()),
+        )
+        .values(awaited=True)
+        .returning(jobs.c.id)
+    )
+
+
+def _announce_finished(tables: QueueTables, jobs: Table) -> ColumnElement[object]:
+    """A NOTIFY of one finished job's id on the finished channel, if someone waits for it."""
+    message = func.json_build_object("ids", func.json_build_array(jobs.c.id)).cast(Text)
+    return case(
+        (jobs.c.awaited, func.pg_notify(finished_channel(tables.schema), message)),
+        else_=None,
+    )
+
+
 def _cancel_queued(tables: QueueTables) -> Executable:
     jobs = tables.jobs
     return (
         update(jobs)
         .where(jobs.c.id == bindparam("job_id"), in_states(jobs.c.state, "queued"))
         .values(state="cancelled", finished_at=func.now(), cancel_requested=True)
-        .returning(jobs.c.id)
+        .returning(jobs.c.id, _announce_finished(tables, jobs))
     )
 
 
@@ -506,7 +538,7 @@ def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     )
     return (
         update(jobs)
-        .where(jobs.c.id == picked.c.id)
+        .where(jobs.c.id == any_(func.array(select(picked.c.id).scalar_subquery())))
         .values(
             state="running",
             attempt=jobs.c.attempt + 1,
@@ -518,8 +550,12 @@ def _claim(tables: QueueTables, *, in_queues: bool) -> Executable:
 
 
 # The outcomes of many attempts, one JSON array per column (see ``decisions.finish_parameters``),
-# written under their leases; ``notified`` announces the finished ids. Shared by ``finish`` and
-# ``finish_and_claim``, which must reference ``notified`` (a SELECT CTE runs only if read).
+# written under their leases; ``notified`` announces the finished ids that someone waits for
+# (``awaited``, set by ``mark_awaited``): a NOTIFY serialises the commits of every transaction
+# that sends one, so finishes nobody waits for send none. Rows are reached through
+# ``id = any(ARRAY(...))`` so that the generic plan the workers' lanes use is an index lookup
+# whatever the statistics. Shared by ``finish`` and ``finish_and_claim``, which must reference
+# ``notified`` (a SELECT CTE runs only if read).
 _FINISH_CTES = """
 v AS (
     SELECT t.id::bigint AS id, t.attempt::integer AS attempt, t.outcome,
@@ -548,16 +584,17 @@ done AS (
            result = v.result,
            error = coalesce(v.error, j.error)
       FROM v
-     WHERE j.id = v.id AND j.worker_id = :worker_id AND j.attempt = v.attempt
+     WHERE j.id = any(ARRAY(SELECT v.id FROM v)) AND j.id = v.id
+       AND j.worker_id = :worker_id AND j.attempt = v.attempt
        AND j.state = 'running'
-    RETURNING j.id, j.state, j.run_at
+    RETURNING j.id, j.state, j.run_at, j.awaited
 ),
 notified AS (
     SELECT pg_notify('{channel}',
                      CASE WHEN octet_length(m.message) <= 7900 THEN m.message
                           ELSE '{{"ids": null}}' END)
       FROM (SELECT json_build_object('ids', json_agg(id))::text AS message
-              FROM done WHERE state <> 'queued' HAVING count(*) > 0) AS m
+              FROM done WHERE state <> 'queued' AND awaited HAVING count(*) > 0) AS m
 )"""
 _FINISH_PARAMETERS = ("ids", "attempts", "outcomes", "delays", "results", "errors")
 
@@ -633,8 +670,7 @@ claimed AS (
     UPDATE "{s}".jobs AS c
        SET state = 'running', attempt = c.attempt + 1, started_at = now(),
            worker_id = :worker_id
-      FROM picked
-     WHERE c.id = picked.id
+     WHERE c.id = any(ARRAY(SELECT picked.id FROM picked))
     RETURNING {_claimed_sql("c")}
 )
 SELECT true AS claimed, {", ".join(CLAIMED_COLUMNS)},

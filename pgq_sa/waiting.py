@@ -1,8 +1,10 @@
 """``Queue.wait``: block (or await) until a job finishes.
 
-A waiter LISTENs on the schema's ``finished`` channel, where every completion statement announces
-the ids it finished, and re-reads the job when its id (or an overflowing "some jobs") is
-announced; it also re-reads every ``poll_interval`` in case a notification was missed.
+A waiter LISTENs on the schema's ``finished`` channel, then flags the job ``awaited`` (its own
+committed UPDATE), then reads it. The statement that finishes an awaited job announces its id
+there (finishes nobody waits for send no NOTIFY: each one would serialise commits). The waiter
+re-reads the job when its id (or an overflowing "some jobs") is announced, and every
+``POLL_INTERVAL`` in case a notification was missed (the listener lost its connection, say).
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ def wait(statements: Statements, bind: Any, job_id: int, timeout: float | None) 
     try:
         with contextlib.suppress(psycopg.Error):  # polling alone still works
             listener.connect()
+        if listener.connected:
+            run_sync(engine, operations.mark_awaited(statements, job_id))
         while True:
             info = run_sync(engine, operations.get(statements, job_id))
             if _finished(info, job_id):
@@ -103,6 +107,8 @@ async def wait_async(
         with contextlib.suppress(psycopg.Error):  # polling alone still works
             await anyio.to_thread.run_sync(listener.connect)
         with anyio.fail_after(timeout):
+            if listener.connected:
+                await run_async(engine, operations.mark_awaited(statements, job_id))
             while True:
                 info = await run_async(engine, operations.get(statements, job_id))
                 if _finished(info, job_id):

@@ -44,6 +44,7 @@ from pgq_sa.schema import notify_channel
 from pgq_sa.workers import protocol, scheduler, transactional
 from pgq_sa.workers.database import (
     CLAIM_SESSION,
+    FINISH_SESSION,
     AsyncDatabase,
     AsyncioDatabase,
     AsyncLane,
@@ -201,7 +202,7 @@ class AsyncWorker:
             )
             for _ in range(fetcher_count(self.options))
         ]
-        self._finish_lane = self._db.lane()
+        self._finish_lane = self._db.lane(FINISH_SESSION)
         self._jobs = transactional.AsyncJobs.for_worker(
             self._db, self.options, self.queue.statements, self.identity.id
         )

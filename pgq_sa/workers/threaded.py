@@ -35,7 +35,14 @@ from pgq_sa.job import Job
 from pgq_sa.queue import Queue
 from pgq_sa.schema import notify_channel
 from pgq_sa.workers import protocol, scheduler, transactional
-from pgq_sa.workers.database import CLAIM_SESSION, FetchLanes, SyncDatabase, SyncLane, fetcher_count
+from pgq_sa.workers.database import (
+    CLAIM_SESSION,
+    FINISH_SESSION,
+    FetchLanes,
+    SyncDatabase,
+    SyncLane,
+    fetcher_count,
+)
 from pgq_sa.workers.handlers import run_async_handler
 from pgq_sa.workers.notifications import ListenConnection
 from pgq_sa.workers.options import worker_options
@@ -140,7 +147,7 @@ class ThreadWorker:
             )
             for _ in range(fetcher_count(self.options))
         ]
-        self._finish_lane = self._db.lane()
+        self._finish_lane = self._db.lane(FINISH_SESSION)
         self._jobs = transactional.SyncJobs.for_engine(
             self._engine, self.options, queue.statements, self.identity.id
         )
