@@ -94,7 +94,7 @@ class Job:
     started_at: datetime | None = None  # when this attempt was claimed (database clock)
     meta: dict[str, Any] | None = field(default=None, repr=False)  # e.g. a trace context
     cancel_reason: str | None = field(default=None, repr=False)
-    _cancel_callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _cancel_callbacks: list[Callable[[], None]] | None = field(default=None, repr=False)
     _cancel_event: threading.Event | None = field(default=None, repr=False)
     _connection: Any = field(default=None, repr=False)
 
@@ -123,7 +123,7 @@ class Job:
             if self.cancel_reason is not None:
                 return
             self.cancel_reason = reason
-            event, callbacks = self._cancel_event, list(self._cancel_callbacks)
+            event, callbacks = self._cancel_event, list(self._cancel_callbacks or ())
         if event is not None:
             event.set()
         for callback in callbacks:
@@ -132,6 +132,8 @@ class Job:
     def on_cancel(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` (from whichever thread cancels) once cancellation is requested."""
         with _CANCEL_LOCK:
+            if self._cancel_callbacks is None:
+                self._cancel_callbacks = []
             self._cancel_callbacks.append(callback)
             already = self.cancel_reason is not None
         if already:

@@ -226,6 +226,7 @@ class AsyncWorker:
         self._thread_limiter = anyio.CapacityLimiter(self.options.capacity)
         self._work: deque[Claimed] = deque()
         self._idle_runners: list[anyio.Event] = []
+        self._summoned = 0  # runners woken for the deque that have not resumed yet
         self._pending: list[Outcome] = []  # finished attempts not yet written
         self._taken = 0  # outcomes fetchers took along with a claim, ever
         self._outcome_ready = _Wakeup()
@@ -364,7 +365,7 @@ class AsyncWorker:
         again as soon as a slot frees, so the completer leaves pending outcomes to it.
         """
         options = self.options
-        work, idle = self._work, self._idle_runners
+        work = self._work
         hungry = False
         try:
             while not self._stopping:
@@ -390,8 +391,8 @@ class AsyncWorker:
                     running[job.id] = job
                     held.add(job.id)
                     work.append(item)
-                    if idle:
-                        idle.pop().set()
+                if claimed and not self._summoned:
+                    self._summon()
                 if self._failures != failures:
                     await self._return_strays()
                 if len(claimed) == limit:
@@ -534,7 +535,10 @@ class AsyncWorker:
             with anyio.CancelScope() as scope:
                 while True:
                     while work and not scope.cancel_called:
-                        await self._handle(work.popleft(), scope)
+                        item = work.popleft()
+                        if work and not self._summoned:
+                            self._summon()  # the next job gets a runner as soon as this one waits
+                        await self._handle(item, scope)
                     if scope.cancel_called:
                         break
                     parked = anyio.Event()
@@ -542,8 +546,22 @@ class AsyncWorker:
                     try:
                         await parked.wait()
                     finally:
-                        if not parked.is_set():
+                        if parked.is_set():
+                            self._summoned -= 1
+                        else:
                             idle.remove(parked)
+
+    def _summon(self) -> None:
+        """Wake one parked runner for the jobs waiting in the deque.
+
+        One at a time: a runner that takes a job while more wait summons the next, so every job
+        still gets its own runner as soon as the one before it waits on something, while jobs
+        that never wait (no-ops, CPU work) are run by the runner already awake instead of waking
+        one runner per job only to find the deque empty.
+        """
+        if self._idle_runners:
+            self._idle_runners.pop().set()
+            self._summoned += 1
 
     async def _handle(self, item: Claimed, scope: anyio.CancelScope) -> None:
         job = item.job
