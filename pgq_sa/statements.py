@@ -584,9 +584,8 @@ done AS (
            result = v.result,
            error = coalesce(v.error, j.error)
       FROM v
-     WHERE j.id = any(ARRAY(SELECT v.id FROM v)) AND j.id = v.id
-       AND j.worker_id = :worker_id AND j.attempt = v.attempt
-       AND j.state = 'running'
+     WHERE j.id = any(ARRAY(SELECT v.id FROM v)) AND j.id = v.id AND j.attempt = v.attempt
+       AND (j.worker_id = :worker_id AND j.state = 'running') IS TRUE
     RETURNING j.id, j.state, j.run_at, j.awaited
 ),
 notified AS (
