@@ -41,3 +41,18 @@ def wait_for_listener(engine: Engine, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("no worker listener appeared")
         time.sleep(0.02)
+
+
+def until_awaited(engine: Engine, job_id: int, timeout: float = 10.0) -> None:
+    """Wait until ``Queue.wait`` has flagged the job ``awaited`` (its end will be announced)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    statement = text("SELECT awaited FROM pgq.jobs WHERE id = :id")
+    while True:
+        with engine.connect() as connection:
+            if connection.execute(statement, {"id": job_id}).scalar_one():
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} was never flagged awaited")
+        time.sleep(0.01)

@@ -9,12 +9,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import anyio
 import psycopg
 import pytest
 from click.testing import CliRunner
+from helpers import until_awaited
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ProgrammingError
@@ -77,13 +79,16 @@ def test_notifications_never_carry_job_data(engine, database_url):
         runner.start()
         try:
             assert started.wait(30), "the blocking job never started"
-            assert queue.cancel(engine, blocked)
-            release.set()
+            with ThreadPoolExecutor(1) as pool:  # a waiter, so its end is announced too
+                waiter = pool.submit(queue.wait, engine, blocked, 30)
+                until_awaited(engine, blocked)
+                assert queue.cancel(engine, blocked)
+                release.set()
+                assert waiter.result(30).cancel_requested
             assert queue.wait(engine, ok, timeout=30).result == {"echo": {"secret": secret}}
             assert secret in queue.wait(engine, failing, timeout=30).error.message
             assert queue.retry(engine, failing)
             assert queue.wait(engine, failing, timeout=30).status is JobStatus.failed
-            assert queue.wait(engine, blocked, timeout=30).cancel_requested
         finally:
             release.set()
             worker.stop()

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import psycopg
 import pytest
+from helpers import until_awaited
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from worker_helpers import KINDS, make_worker, run_worker, start_worker
@@ -47,13 +48,6 @@ def _awaited(engine: Engine, job_id: int) -> bool:
         return bool(connection.execute(statement, {"id": job_id}).scalar_one())
 
 
-def _until_awaited(engine: Engine, job_id: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not _awaited(engine, job_id):
-        assert time.monotonic() < deadline, f"job {job_id} was never flagged awaited"
-        time.sleep(0.01)
-
-
 def test_only_awaited_jobs_are_announced(kind, engine, database_url):
     queue = Queue()
 
@@ -65,7 +59,7 @@ def test_only_awaited_jobs_are_announced(kind, engine, database_url):
     announcements = _listen(database_url, finished_channel("pgq"))
     with ThreadPoolExecutor(1) as pool:
         waiter = pool.submit(queue.wait, engine, awaited, 60)
-        _until_awaited(engine, awaited)
+        until_awaited(engine, awaited)
         assert not _awaited(engine, ignored)
         run_worker(make_worker(kind, queue, database_url), kind)
         info = waiter.result(timeout=60)
@@ -108,7 +102,7 @@ def test_cancelling_an_awaited_queued_job_wakes_its_waiter(engine):
     job_id = queue.enqueue(engine, "never.runs")
     with ThreadPoolExecutor(1) as pool:
         waiter = pool.submit(queue.wait, engine, job_id, 60)
-        _until_awaited(engine, job_id)
+        until_awaited(engine, job_id)
         assert queue.cancel(engine, job_id)
         assert waiter.result(timeout=30).status is JobStatus.cancelled
 
@@ -145,7 +139,7 @@ def test_wait_async_is_woken_by_the_announcement(backend, engine, database_url):
                 waiter.append(info.result)
 
             group.start_soon(wait)
-            await anyio.to_thread.run_sync(_until_awaited, engine, job_id)
+            await anyio.to_thread.run_sync(until_awaited, engine, job_id)
             worker = make_worker(backend, queue, database_url)
             await worker.run(until_empty=True)  # type: ignore[union-attr]
         return waiter[0]
