@@ -637,8 +637,10 @@ def _finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     next jobs are leased exactly as ``claim`` leases them. Every part of one statement sees the
     same snapshot, so a job this statement queues again for a retry is not claimed by it (it was
     still running in the snapshot); the two parts touch disjoint rows. Rows come back tagged:
-    ``claimed`` true for a leased job (the claim's columns), false for a written outcome
-    (``id``, ``state``, ``next_run_at``, ``notices``).
+    ``claimed`` true for a leased job (the claim's columns), and one last row with ``claimed``
+    false that sums up the outcomes written (``written_ids`` and ``written_states``, or NULL when
+    none were; the earliest ``next_run_at`` of a retry; ``notices``): one row, not one per
+    outcome, for the driver to decode.
 
     ``picked`` reads ``done`` (an always-true count, evaluated once before its scan) so that the
     outcomes are written before any queued row is locked. ``FOR UPDATE`` in READ COMMITTED may
@@ -673,11 +675,13 @@ claimed AS (
     RETURNING {_claimed_sql("c")}
 )
 SELECT true AS claimed, {", ".join(CLAIMED_COLUMNS)},
-       NULL::text AS state, NULL::timestamptz AS next_run_at, NULL::bigint AS notices
+       NULL::bigint[] AS written_ids, NULL::text[] AS written_states,
+       NULL::timestamptz AS next_run_at, NULL::bigint AS notices
   FROM claimed
 UNION ALL
-SELECT false, done.id, {", ".join(["NULL"] * (len(CLAIMED_COLUMNS) - 1))},
-       done.state::text, done.run_at, (SELECT count(*) FROM notified)
+SELECT false, {", ".join(["NULL"] * len(CLAIMED_COLUMNS))},
+       array_agg(done.id), array_agg(done.state::text),
+       min(done.run_at) FILTER (WHERE done.state = 'queued'), (SELECT count(*) FROM notified)
   FROM done
 """
     )
@@ -692,7 +696,8 @@ SELECT false, done.id, {", ".join(["NULL"] * (len(CLAIMED_COLUMNS) - 1))},
     return statement.bindparams(*parameters).columns(
         column("claimed", Boolean),
         *_claimed_types(tables),
-        column("state", Text),
+        column("written_ids", ARRAY(BigInteger)),
+        column("written_states", ARRAY(Text)),
         column("next_run_at", DateTime(timezone=True)),
         column("notices", BigInteger),
     )

@@ -213,7 +213,9 @@ def finish(
         return Finished({}, (), None)
     params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
     rows = yield statements.finish, params
-    return _finished(outcomes, [(row.id, row.state, row.run_at) for row in rows])
+    retries = [row.run_at for row in rows if row.state == "queued"]
+    recorded = {row.id: row.state for row in rows}
+    return _finished(outcomes, recorded, min(retries) if retries else None)
 
 
 def finish_and_claim(
@@ -239,19 +241,22 @@ def finish_and_claim(
     else:
         rows = yield statements.finish_and_claim_in_queues, {**params, "queues": list(queues)}
     claimed_rows: list[Any] = []
-    written: list[tuple[int, str, Any]] = []
+    recorded: dict[int, str] = {}
+    next_retry = None
     row: Any
     for row in rows:
         if row[0]:
             claimed_rows.append(row[1 : 1 + CLAIM_COLUMNS])
-        else:
-            written.append((row[1], row[1 + CLAIM_COLUMNS], row[2 + CLAIM_COLUMNS]))
-    return _finished(outcomes, written), _claimed(claimed_rows)
+        else:  # the summary of the outcomes written
+            ids, states, next_retry = row[1 + CLAIM_COLUMNS : 4 + CLAIM_COLUMNS]
+            recorded = dict(zip(ids or (), states or (), strict=True))
+    return _finished(outcomes, recorded, next_retry), _claimed(claimed_rows)
 
 
-def _finished(outcomes: Sequence[Outcome], written: Sequence[tuple[int, str, Any]]) -> Finished:
-    """What a finish wrote (``(id, state, run_at)`` per row), and the outcomes it could not."""
-    recorded = {job_id: state for job_id, state, _ in written}
+def _finished(
+    outcomes: Sequence[Outcome], recorded: dict[int, str], next_run_at: datetime | None
+) -> Finished:
+    """What a finish wrote (job id -> state), and the outcomes it could not."""
     lost = tuple(o for o in outcomes if o.job_id not in recorded)
     for outcome in lost:
         log.warning(
@@ -261,8 +266,7 @@ def _finished(outcomes: Sequence[Outcome], written: Sequence[tuple[int, str, Any
             outcome.attempt,
             outcome.state,
         )
-    retry_times = [run_at for _, state, run_at in written if state == "queued"]
-    return Finished(recorded, lost, min(retry_times) if retry_times else None)
+    return Finished(recorded, lost, next_run_at)
 
 
 def hand_back(
