@@ -20,6 +20,9 @@ connection goes back to a shared pool:
   partial claim index in order and stops after ``limit`` rows instead of sorting every queued job;
 * and JIT: those switches add a huge cost to the plans they discourage, which would otherwise
   push the plan over ``jit_above_cost`` and compile it at every execution (~100-600 ms).
+
+On asyncpg the autocommit lanes (claims, finishes) run their statements as asyncpg prepared
+statements (:mod:`pgq_sa.workers.driver_path`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgq_sa.executors import Operation, T, run_async, run_sync
+from pgq_sa.workers import driver_path
 
 if TYPE_CHECKING:
     from pgq_sa.workers.options import WorkerOptions
@@ -101,15 +105,23 @@ class SyncLane:
 
 class AsyncLane:
     def __init__(
-        self, engine: AsyncEngine, setup: Settings, *, transactional: bool = False
+        self,
+        engine: AsyncEngine,
+        setup: Settings,
+        *,
+        transactional: bool = False,
+        prepared: driver_path.Statements | None = None,
     ) -> None:
         self._engine = engine
         self._setup = tuple(setup)
         self._transactional = transactional
+        self._statements = prepared  # autocommit lanes on asyncpg: see workers/driver_path.py
         self._connection: AsyncConnection | None = None
+        self._driver: driver_path.PreparedConnection | None = None
 
     async def run(self, operation: Operation[T]) -> T:
         if self._connection is None:
+            self._driver = None
             connection = await self._engine.connect()
             try:
                 for name, value in self._setup:
@@ -121,10 +133,14 @@ class AsyncLane:
                 await connection.close()
                 raise
             self._connection = connection
+            if self._statements is not None and not self._transactional:
+                self._driver = driver_path.PreparedConnection(connection, self._statements)
         try:
             if self._transactional:
                 async with self._connection.begin():
                     return await run_async(self._connection, operation)
+            if self._driver is not None:
+                return await self._driver.run(operation)
             return await run_async(self._connection, operation)
         except BaseException:
             await self.close(broken=True)
@@ -132,6 +148,7 @@ class AsyncLane:
 
     async def close(self, *, broken: bool = False) -> None:
         connection, self._connection = self._connection, None
+        self._driver = None
         if connection is None:
             return
         with anyio.CancelScope(shield=True):
@@ -183,6 +200,8 @@ class AsyncioDatabase:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.transactional_engine = engine
         self.url = engine.url
+        dialect = engine.dialect
+        self._prepared = driver_path.Statements(dialect) if driver_path.supported(dialect) else None
 
     async def run(self, operation: Operation[T]) -> T:
         async with self.engine.connect() as connection:
@@ -191,7 +210,7 @@ class AsyncioDatabase:
     def lane(self, setup: Settings = (), *, transactional: bool = False) -> AsyncLane:
         if transactional:
             return AsyncLane(self.transactional_engine, setup, transactional=True)
-        return AsyncLane(self.engine, setup)
+        return AsyncLane(self.engine, setup, prepared=self._prepared)
 
 
 class ThreadedDatabase:

@@ -212,9 +212,9 @@ def finish(
     if not outcomes:
         return Finished({}, (), None)
     params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
-    rows = yield statements.finish, params
-    retries = [row.run_at for row in rows if row.state == "queued"]
-    recorded = {row.id: row.state for row in rows}
+    rows: Sequence[Any] = yield statements.finish, params  # (id, state, run_at, notices)
+    retries = [row[2] for row in rows if row[1] == "queued"]
+    recorded = {row[0]: row[1] for row in rows}
     return _finished(outcomes, recorded, min(retries) if retries else None)
 
 

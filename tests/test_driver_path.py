@@ -1,0 +1,122 @@
+"""The AsyncWorker's asyncpg path: the same statements and the same values as SQLAlchemy's."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import anyio
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from pgq_sa import JobSpec, Queue, decisions
+from pgq_sa.config import make_async_engine
+from pgq_sa.workers import driver_path, protocol
+from pgq_sa.workers.database import CLAIM_SESSION, AsyncioDatabase
+from pgq_sa.workers.protocol import Identity
+
+PAYLOADS = [{"n": 1, "nested": {"a": [1, 2]}}, [1, "two", None], "text", 3.5, None, True]
+
+
+def _run(coroutine_function):
+    return anyio.run(coroutine_function, backend="asyncio")
+
+
+def _claim_and_finish(url, statements, worker_id, limit: int, through_driver: bool):
+    """Claim ``limit`` jobs and succeed them, on a lane (driver path or not); return both."""
+
+    async def main():
+        engine = make_async_engine(url.set(drivername="postgresql"))  # asyncpg
+        database = AsyncioDatabase(engine)
+        lane = database.lane(CLAIM_SESSION)
+        if not through_driver:
+            lane._statements = None  # the SQLAlchemy path, for comparison
+        try:
+            claimed = await lane.run(protocol.claim(statements, worker_id, ["t"], None, limit))
+            assert (lane._driver is not None) is through_driver
+            outcomes = [
+                decisions.succeeded(c.job.id, c.job.attempt, c.job.payload) for c in claimed
+            ]
+            finished, more = await lane.run(
+                protocol.finish_and_claim(statements, worker_id, outcomes, ["t"], None, 0)
+            )
+            assert more == []
+            return claimed, finished
+        finally:
+            await lane.close()
+            await engine.dispose()
+
+    return _run(main)
+
+
+def test_the_driver_path_returns_what_sqlalchemy_returns(engine, database_url):
+    queue = Queue()
+    worker = Identity.new("async")
+    first = queue.enqueue_many(engine, [JobSpec("t", p) for p in PAYLOADS])
+    by_driver, driver_finished = _claim_and_finish(
+        database_url, queue.statements, worker.id, len(PAYLOADS), through_driver=True
+    )
+    second = queue.enqueue_many(engine, [JobSpec("t", p) for p in PAYLOADS])
+    by_sqlalchemy, sqlalchemy_finished = _claim_and_finish(
+        database_url, queue.statements, worker.id, len(PAYLOADS), through_driver=False
+    )
+    assert [c.job.id for c in by_driver] == first
+    assert [c.job.id for c in by_sqlalchemy] == second
+    for ours, theirs in zip(by_driver, by_sqlalchemy, strict=True):
+        assert ours.job.payload == theirs.job.payload
+        assert type(ours.job.payload) is type(theirs.job.payload)
+        for name in ("task", "attempt", "max_attempts", "priority", "queue", "meta"):
+            assert getattr(ours.job, name) == getattr(theirs.job, name)
+        for moment in ("created_at", "run_at", "started_at"):
+            value = getattr(ours.job, moment)
+            assert isinstance(value, datetime)
+            assert value.utcoffset() == timedelta(0)
+        assert (ours.timeout, ours.cancel_requested) == (theirs.timeout, theirs.cancel_requested)
+    assert driver_finished.recorded == dict.fromkeys(first, "succeeded")
+    assert sqlalchemy_finished.recorded == dict.fromkeys(second, "succeeded")
+    assert driver_finished.lost == sqlalchemy_finished.lost == ()
+    for job_id, payload in zip(first, PAYLOADS, strict=True):
+        assert queue.get(engine, job_id).result == payload
+
+
+def test_driver_errors_reach_the_worker_as_dbapi_errors(engine, database_url):
+    queue = Queue()
+    worker = Identity.new("async")
+
+    async def main() -> None:
+        async_engine = make_async_engine(database_url.set(drivername="postgresql"))  # asyncpg
+        lane = AsyncioDatabase(async_engine).lane(CLAIM_SESSION)
+        try:
+            await lane.run(protocol.claim(queue.statements, worker.id, ["t"], None, 1))
+            with engine.connect() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            with pytest.raises(DBAPIError):
+                await lane.run(protocol.claim(queue.statements, worker.id, ["t"], None, 1))
+            # the lane was closed as broken; the next run opens a fresh connection
+            assert await lane.run(protocol.claim(queue.statements, worker.id, ["t"], None, 1)) == []
+        finally:
+            await lane.close()
+            await async_engine.dispose()
+
+    _run(main)
+
+
+def test_only_asyncpg_takes_the_driver_path(database_url):
+    async def main() -> tuple[bool, bool]:
+        asyncpg_engine = make_async_engine(database_url.set(drivername="postgresql+asyncpg"))
+        psycopg_engine = make_async_engine(database_url.set(drivername="postgresql+psycopg"))
+        try:
+            return (
+                driver_path.supported(asyncpg_engine.dialect),
+                driver_path.supported(psycopg_engine.dialect),
+            )
+        finally:
+            await asyncpg_engine.dispose()
+            await psycopg_engine.dispose()
+
+    assert _run(main) == (True, False)
