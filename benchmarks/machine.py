@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import resource
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -73,6 +75,38 @@ def steal_since(before: CpuSample | None) -> str:
     """``"CPU steal 12%"`` since ``before``, for progress lines (empty when unknown)."""
     share = steal_percent(before, cpu_sample())
     return "" if share is None else f"CPU steal {share:.0f}%"
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds used so far: by this process, and by the whole machine (busy, not idle)."""
+
+    process: float
+    machine: float
+
+    @classmethod
+    def now(cls) -> CpuUse | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = stat.readline().split()
+        except OSError:
+            return None
+        values = [int(value) for value in fields[1:9]]
+        busy = sum(values) - values[3] - values[4] - values[7]  # not idle, iowait or steal
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(usage.ru_utime + usage.ru_stime, busy / os.sysconf("SC_CLK_TCK"))
+
+
+def cpu_per_job(before: CpuUse | None, jobs: int) -> str:
+    """``"CPU per job: 24 us here + 60 us elsewhere"`` since ``before``: this process (the
+    worker or PgQueuer's managers) and the rest of the machine (PostgreSQL, on a quiet box)."""
+    after = CpuUse.now()
+    if before is None or after is None or jobs <= 0:
+        return ""
+    here = after.process - before.process
+    elsewhere = (after.machine - before.machine) - here
+    per_job = 1e6 / jobs
+    return f"CPU per job: {here * per_job:.0f} us here + {elsewhere * per_job:.0f} us elsewhere"
 
 
 def load_average() -> str:

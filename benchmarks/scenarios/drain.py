@@ -72,6 +72,7 @@ def measure_ours(context: Context, kind: str, jobs: int, batch_size: int) -> Dra
             settle(context.engine)
             watched = ours.Watched()
             cpu_before = machine.cpu_sample()
+            use_before = machine.CpuUse.now()
             with context.progress.counting(kind, jobs, watched.count):
                 elapsed = ours.drain(
                     kind,
@@ -83,12 +84,13 @@ def measure_ours(context: Context, kind: str, jobs: int, batch_size: int) -> Dra
                     ours.deadline_for(jobs),
                 )
             steal = machine.steal_since(cpu_before)
+            use = machine.cpu_per_job(use_before, jobs)
             expect_succeeded(context.engine, schema, jobs)
             span = _span_seconds(context, schema)
     result = Drained(jobs / elapsed, jobs / span)
     context.progress.line(
         f"    {result.wall:,.0f} jobs/s wall ({elapsed:.2f} s), {result.span:,.0f} jobs/s span "
-        f"({span:.2f} s); {steal}; all {jobs:,} succeeded"
+        f"({span:.2f} s); {steal}; all {jobs:,} succeeded; {use}"
     )
     return result
 
@@ -102,6 +104,7 @@ def measure_peer(context: Context, driver: str, jobs: int, batch_size: int) -> D
             settle(context.engine)
             counter = [0]
             cpu_before = machine.cpu_sample()
+            use_before = machine.CpuUse.now()
             with context.progress.counting(f"pgqueuer {driver}", jobs, lambda: counter[0]):
                 elapsed = asyncio.run(
                     peer.pgqueuer_drain(
@@ -116,13 +119,14 @@ def measure_peer(context: Context, driver: str, jobs: int, batch_size: int) -> D
                     )
                 )
             steal = machine.steal_since(cpu_before)
+            use = machine.cpu_per_job(use_before, jobs)
             span = asyncio.run(peer.pgqueuer_span(context.dsn))
         finally:
             asyncio.run(peer.pgqueuer_uninstall(context.dsn))
     result = Drained(jobs / elapsed, jobs / span)
     context.progress.line(
         f"    {result.wall:,.0f} jobs/s wall ({elapsed:.2f} s), {result.span:,.0f} jobs/s span "
-        f"({span:.2f} s); {steal}; {jobs:,} logged successful"
+        f"({span:.2f} s); {steal}; {jobs:,} logged successful; {use}"
     )
     return result
 
