@@ -921,8 +921,7 @@ claimed AS (
     UPDATE "{s}".jobs AS j
        SET state = 'running', attempt = j.attempt + 1, worker_id = :worker_id,
            started_at = now()
-      FROM picked
-     WHERE j.id = picked.id
+     WHERE j.id = any(ARRAY(SELECT picked.id FROM picked))
     RETURNING {_claimed_sql("j")}
 ),
 paced AS (
