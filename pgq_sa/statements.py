@@ -314,8 +314,15 @@ def _mark_awaited(tables: QueueTables) -> Executable:
     The UPDATE takes the row lock, so it runs before or after any statement finishing the job,
     never beside it: either that statement sees the flag and announces the job, or the job is
     already finished when the waiter reads it next.
+    A queued job is announced to the workers again (a wake-up for its task): a claim that ran
+    while this UPDATE held the row skipped it, and its enqueue's NOTIFY is spent.
     """
     jobs = tables.jobs
+    queued = in_states(jobs.c.state, "queued")
+    wake = case(
+        (queued, _notify(tables, wake_message("awaited", func.json_build_array(jobs.c.task)))),
+        else_=None,
+    )
     return (
         update(jobs)
         .where(
@@ -324,7 +331,7 @@ def _mark_awaited(tables: QueueTables) -> Executable:
             jobs.c.awaited.is_(false()),
         )
         .values(awaited=True)
-        .returning(jobs.c.id)
+        .returning(jobs.c.id, wake)
     )
 
 

@@ -10,6 +10,7 @@ re-reads the job when its id (or an overflowing "some jobs") is announced, and e
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ import anyio
 import anyio.to_thread
 import psycopg
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
@@ -28,6 +30,7 @@ from pgq_sa.statements import Statements
 from pgq_sa.workers.notifications import ListenConnection, Message
 
 POLL_INTERVAL = 1.0
+log = logging.getLogger("pgq_sa.wait")
 
 
 def _sync_engine(bind: object) -> Engine:
@@ -55,6 +58,24 @@ def _async_engine(bind: object) -> AsyncEngine | Engine:
     )
 
 
+def _read_committed(engine: Engine | AsyncEngine) -> Engine | AsyncEngine:
+    """The flag is one UPDATE of its own: under READ COMMITTED it waits for a finishing statement
+    holding the row instead of failing with a serialization error, whatever the engine's level."""
+    return engine.execution_options(isolation_level="READ COMMITTED")
+
+
+def _cannot_mark(job_id: int, error: DBAPIError) -> None:
+    """Flagging failed (a producer role granted before migration step 0003 lacks UPDATE on
+    ``awaited``, say): wait by polling, once a second, and say how to fix it."""
+    log.warning(
+        "wait(%s): cannot flag the job awaited (%s); falling back to polling every %gs. "
+        "Re-run `pgq-sa db grant` for this role after upgrading the schema.",
+        job_id,
+        str(error.orig or error).strip().splitlines()[0],
+        POLL_INTERVAL,
+    )
+
+
 def _mentions(messages: list[Message], job_id: int) -> bool:
     return any(m.finished_ids is None or job_id in m.finished_ids for m in messages)
 
@@ -73,7 +94,10 @@ def wait(statements: Statements, bind: Any, job_id: int, timeout: float | None) 
         with contextlib.suppress(psycopg.Error):  # polling alone still works
             listener.connect()
         if listener.connected:
-            run_sync(engine, operations.mark_awaited(statements, job_id))
+            try:
+                run_sync(_read_committed(engine), operations.mark_awaited(statements, job_id))
+            except DBAPIError as error:
+                _cannot_mark(job_id, error)
         while True:
             info = run_sync(engine, operations.get(statements, job_id))
             if _finished(info, job_id):
@@ -108,7 +132,12 @@ async def wait_async(
             await anyio.to_thread.run_sync(listener.connect)
         with anyio.fail_after(timeout):
             if listener.connected:
-                await run_async(engine, operations.mark_awaited(statements, job_id))
+                try:
+                    await run_async(
+                        _read_committed(engine), operations.mark_awaited(statements, job_id)
+                    )
+                except DBAPIError as error:
+                    _cannot_mark(job_id, error)
             while True:
                 info = await run_async(engine, operations.get(statements, job_id))
                 if _finished(info, job_id):

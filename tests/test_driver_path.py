@@ -23,7 +23,8 @@ def _run(coroutine_function):
 
 
 def _claim_and_finish(url, statements, worker_id, limit: int, through_driver: bool):
-    """Claim ``limit`` jobs and succeed them, on a lane (driver path or not); return both."""
+    """Claim ``limit`` jobs, then write their outcomes (the first one a retry, the others
+    successes) while claiming up to two more, on a lane (driver path or not)."""
 
     async def main():
         engine = make_async_engine(url.set(drivername="postgresql"))  # asyncpg
@@ -34,14 +35,17 @@ def _claim_and_finish(url, statements, worker_id, limit: int, through_driver: bo
         try:
             claimed = await lane.run(protocol.claim(statements, worker_id, ["t"], None, limit))
             assert (lane._driver is not None) is through_driver
+            retried, *rest = claimed
             outcomes = [
-                decisions.succeeded(c.job.id, c.job.attempt, c.job.payload) for c in claimed
+                decisions.errored(
+                    retried.job.id, retried.job.attempt, retried.job.max_attempts, ValueError("x")
+                ),
+                *(decisions.succeeded(c.job.id, c.job.attempt, c.job.payload) for c in rest),
             ]
             finished, more = await lane.run(
-                protocol.finish_and_claim(statements, worker_id, outcomes, ["t"], None, 0)
+                protocol.finish_and_claim(statements, worker_id, outcomes, ["t"], None, 2)
             )
-            assert more == []
-            return claimed, finished
+            return claimed, finished, more
         finally:
             await lane.close()
             await engine.dispose()
@@ -52,16 +56,20 @@ def _claim_and_finish(url, statements, worker_id, limit: int, through_driver: bo
 def test_the_driver_path_returns_what_sqlalchemy_returns(engine, database_url):
     queue = Queue()
     worker = Identity.new("async")
-    first = queue.enqueue_many(engine, [JobSpec("t", p) for p in PAYLOADS])
-    by_driver, driver_finished = _claim_and_finish(
+    specs = [JobSpec("t", p) for p in [*PAYLOADS, "extra 1", "extra 2"]]
+    first = queue.enqueue_many(engine, specs)
+    by_driver, driver_finished, driver_more = _claim_and_finish(
         database_url, queue.statements, worker.id, len(PAYLOADS), through_driver=True
     )
-    second = queue.enqueue_many(engine, [JobSpec("t", p) for p in PAYLOADS])
-    by_sqlalchemy, sqlalchemy_finished = _claim_and_finish(
+    second = queue.enqueue_many(engine, specs)
+    by_sqlalchemy, sqlalchemy_finished, sqlalchemy_more = _claim_and_finish(
         database_url, queue.statements, worker.id, len(PAYLOADS), through_driver=False
     )
-    assert [c.job.id for c in by_driver] == first
-    assert [c.job.id for c in by_sqlalchemy] == second
+    assert [c.job.id for c in by_driver] == first[: len(PAYLOADS)]
+    assert [c.job.id for c in by_sqlalchemy] == second[: len(PAYLOADS)]
+    assert [c.job.id for c in driver_more] == first[len(PAYLOADS) :]
+    assert [c.job.id for c in sqlalchemy_more] == second[len(PAYLOADS) :]
+    assert [c.job.payload for c in driver_more] == [c.job.payload for c in sqlalchemy_more]
     for ours, theirs in zip(by_driver, by_sqlalchemy, strict=True):
         assert ours.job.payload == theirs.job.payload
         assert type(ours.job.payload) is type(theirs.job.payload)
@@ -72,10 +80,15 @@ def test_the_driver_path_returns_what_sqlalchemy_returns(engine, database_url):
             assert isinstance(value, datetime)
             assert value.utcoffset() == timedelta(0)
         assert (ours.timeout, ours.cancel_requested) == (theirs.timeout, theirs.cancel_requested)
-    assert driver_finished.recorded == dict.fromkeys(first, "succeeded")
-    assert sqlalchemy_finished.recorded == dict.fromkeys(second, "succeeded")
-    assert driver_finished.lost == sqlalchemy_finished.lost == ()
-    for job_id, payload in zip(first, PAYLOADS, strict=True):
+    for finished, ids in ((driver_finished, first), (sqlalchemy_finished, second)):
+        assert finished.recorded == {
+            ids[0]: "queued",
+            **dict.fromkeys(ids[1 : len(PAYLOADS)], "succeeded"),
+        }
+        assert finished.lost == ()
+        assert isinstance(finished.next_run_at, datetime)
+        assert finished.next_run_at.utcoffset() == timedelta(0)
+    for job_id, payload in zip(first[1 : len(PAYLOADS)], PAYLOADS[1:], strict=True):
         assert queue.get(engine, job_id).result == payload
 
 

@@ -303,6 +303,43 @@ def test_least_privilege_roles(roles_db, kind, caplog):
             engine.dispose()
 
 
+def test_a_producer_granted_before_step_0003_still_waits_by_polling(roles_db, caplog):
+    """Grants made before ``jobs.awaited`` existed lack UPDATE on it: wait() cannot flag the
+    job, says so, and still returns once the job is done (its once-a-second re-read)."""
+    caplog.set_level(logging.WARNING, logger="pgq_sa.wait")
+    owner = make_engine(roles_db.owner)
+    producer = make_engine(roles_db.producer)
+    queue = Queue()
+
+    @queue.task("app.work")
+    def work(job: Job) -> int:
+        return 1
+
+    try:
+        db_upgrade(owner)
+        roles.grant(owner, producer=roles_db.producer_name)
+        with owner.begin() as connection:
+            connection.exec_driver_sql(
+                f'REVOKE UPDATE (awaited) ON pgq.jobs FROM "{roles_db.producer_name}"'
+            )
+        job_id = queue.enqueue(producer, "app.work")
+        worker = ThreadWorker(queue, owner, threads=2, poll_interval=0.1)
+        runner = threading.Thread(target=worker.run)
+        runner.start()
+        try:
+            assert queue.wait(producer, job_id, timeout=30).status is JobStatus.succeeded
+        finally:
+            worker.stop()
+            runner.join(60)
+        warnings = [r.getMessage() for r in caplog.records if r.name == "pgq_sa.wait"]
+        assert any("cannot flag the job awaited" in w and "db grant" in w for w in warnings), (
+            warnings
+        )
+    finally:
+        owner.dispose()
+        producer.dispose()
+
+
 def test_grant_script_and_role_names():
     script = roles.grant_script("pgq_app", worker='we"ird', producer="App Producer")
     assert 'GRANT USAGE ON SCHEMA "pgq_app" TO "we""ird";' in script

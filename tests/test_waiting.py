@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from worker_helpers import KINDS, make_worker, run_worker, start_worker
 
 from pgq_sa import JobSpec, JobStatus, Queue, waiting
-from pgq_sa.schema import finished_channel
+from pgq_sa.schema import finished_channel, notify_channel
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -96,6 +96,22 @@ def test_waiters_racing_the_finishes_are_all_woken(kind, engine, database_url):
         statuses = [future.result(timeout=90) for future in futures]
         running.join(60)
     assert statuses == [JobStatus.succeeded] * len(awaited)
+
+
+def test_flagging_a_queued_job_wakes_the_workers_again(engine, database_url):
+    """A claim that ran while the flag's UPDATE held the row skipped the job, and the enqueue's
+    NOTIFY is spent: flagging a queued job announces it to the workers again."""
+    queue = Queue()
+    job_id = queue.enqueue(engine, "t")
+    wakeups = _listen(database_url, notify_channel("pgq"))
+    with ThreadPoolExecutor(1) as pool:
+        waiter = pool.submit(queue.wait, engine, job_id, 1.5)
+        until_awaited(engine, job_id)
+        heard = [n.payload for n in wakeups.notifies(timeout=5, stop_after=1)]
+        with pytest.raises(TimeoutError):
+            waiter.result(timeout=30)
+    wakeups.close()
+    assert heard == ['{"reason" : "awaited", "tasks" : ["t"]}'], heard
 
 
 def test_cancelling_an_awaited_queued_job_wakes_its_waiter(engine):

@@ -15,9 +15,10 @@ connection goes back to a shared pool:
   every execution (a custom plan costs more than running it: ~0.8 ms against ~0.4 ms for a claim
   of 10). The statements are written so that their one good plan is the only cheap one: rows
   are reached through ``id = any(ARRAY(...))`` on the primary key;
-* the claim lane also turns off bitmap scans, sequential scans and sorts, so that a generic plan
-  made on an empty table, or on statistics gone stale after a bulk enqueue, still walks the
-  partial claim index in order and stops after ``limit`` rows instead of sorting every queued job;
+* both lanes turn off bitmap and sequential scans, and the claim lane sorts too, so that a
+  generic plan made on an empty table, or on statistics gone stale after a bulk enqueue, still
+  walks the partial claim index in order and stops after ``limit`` rows instead of sorting every
+  queued job, and a finish still looks its jobs up by primary key instead of scanning the table;
 * and JIT: those switches add a huge cost to the plans they discourage, which would otherwise
   push the plan over ``jit_above_cost`` and compile it at every execution (~100-600 ms).
 
@@ -43,13 +44,13 @@ if TYPE_CHECKING:
     from pgq_sa.workers.options import WorkerOptions
 
 # Session settings of the lanes, as (name, value); each is RESET when the lane closes.
-FINISH_SESSION = (("plan_cache_mode", "force_generic_plan"), ("jit", "off"))
-CLAIM_SESSION = (
-    *FINISH_SESSION,
+FINISH_SESSION = (
+    ("plan_cache_mode", "force_generic_plan"),
+    ("jit", "off"),
     ("enable_bitmapscan", "off"),
     ("enable_seqscan", "off"),
-    ("enable_sort", "off"),
 )
+CLAIM_SESSION = (*FINISH_SESSION, ("enable_sort", "off"))
 Settings = Sequence[tuple[str, str]]
 
 
