@@ -756,10 +756,11 @@ def _rescue(tables: QueueTables) -> Executable:
     ``lease_timeout`` seconds, and forget those workers. Safe when every worker runs it at once:
     dead workers and their jobs are taken with SKIP LOCKED, so each is rescued by one of them.
     The attempt that was running counts. Running jobs whose worker row is gone are rescued too.
-    ``jobs`` lists the rescued jobs (id, task, queue, attempt, lost worker, new state).
+    ``jobs`` lists the rescued jobs (id, task, queue, attempt, lost worker, new state). Jobs it
+    ends (out of attempts, or cancelled) are announced to their waiters like any finish.
     """
     s = tables.schema
-    channel = notify_channel(s)
+    channel, finished = notify_channel(s), finished_channel(s)
     return (
         text(
             f"""
@@ -794,7 +795,8 @@ rescued AS (
                'attempt', j.attempt)::jsonb
       FROM orphans
      WHERE j.id = orphans.id
-    RETURNING j.id, j.state, j.task, j.queue, j.attempt, orphans.worker_id AS lost_worker
+    RETURNING j.id, j.state, j.task, j.queue, j.attempt, orphans.worker_id AS lost_worker,
+              j.awaited
 ),
 forgotten AS (
     DELETE FROM "{s}".workers WHERE id IN (SELECT id FROM dead) RETURNING id
@@ -807,7 +809,9 @@ SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
        (SELECT pg_notify('{channel}',
                          json_build_object('reason', 'rescue',
                                            'tasks', json_agg(DISTINCT task))::text)
-          FROM rescued WHERE state = 'queued' HAVING count(*) > 0) AS notified
+          FROM rescued WHERE state = 'queued' HAVING count(*) > 0) AS notified,
+       (SELECT pg_notify('{finished}', json_build_object('ids', json_agg(id))::text)
+          FROM rescued WHERE state <> 'queued' AND awaited HAVING count(*) > 0) AS announced
 """
         )
         .bindparams(bindparam("lease_timeout", type_=Double))

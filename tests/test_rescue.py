@@ -8,13 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import until_awaited
 from sqlalchemy import text
 from worker_helpers import start_worker
 
-from pgq_sa import JobSpec, JobStatus, Queue
+from pgq_sa import JobSpec, JobStatus, Queue, waiting
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -92,7 +94,9 @@ def test_killed_worker_jobs_are_rescued_within_the_lease(engine, database_url):
     assert rescued_after < LEASE + BEAT + 1.5
 
 
-def test_rescue_past_max_attempts_fails_with_worker_lost(engine, database_url):
+def test_rescue_past_max_attempts_fails_with_worker_lost(engine, database_url, monkeypatch):
+    """...and announces the end to a waiter (whose fallback poll is off here)."""
+    monkeypatch.setattr(waiting, "POLL_INTERVAL", 3600.0)
     queue = sample_queue  # the task's own max_attempts=1 applies
     job_id = queue.enqueue(engine, "sample.one_shot", {"seconds": 60})
     process = _worker_process(database_url)
@@ -100,13 +104,16 @@ def test_rescue_past_max_attempts_fails_with_worker_lost(engine, database_url):
         _wait_for(lambda: queue.get(engine, job_id).status is JobStatus.running, 30, "start")
         process.send_signal(signal.SIGKILL)
         process.wait(10)
-        rescuer = start_worker(
-            "asyncio", sample_queue, database_url, heartbeat_interval=BEAT, lease_timeout=LEASE
-        )
-        try:
-            _wait_for(lambda: queue.get(engine, job_id).status is JobStatus.failed, 30, "fail")
-        finally:
-            rescuer.stop()
+        with ThreadPoolExecutor(1) as pool:
+            waiter = pool.submit(queue.wait, engine, job_id, 60)
+            until_awaited(engine, job_id)
+            rescuer = start_worker(
+                "asyncio", sample_queue, database_url, heartbeat_interval=BEAT, lease_timeout=LEASE
+            )
+            try:
+                assert waiter.result(timeout=60).status is JobStatus.failed
+            finally:
+                rescuer.stop()
     finally:
         process.kill()
         process.communicate()
