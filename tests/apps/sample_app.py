@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import anyio
 
@@ -14,6 +15,9 @@ queue = Queue()
 
 @queue.task("sample.sleep")
 def sleep(job):
+    started = job.payload.get("started")
+    if started:  # a file to create once the handler runs, for tests that must know it did
+        Path(started).touch()
     time.sleep(job.payload["seconds"])
     return {"slept": job.payload["seconds"], "pid": os.getpid()}
 
