@@ -50,8 +50,9 @@ def _version(package: str) -> str:
 CpuSample = tuple[int, int]
 
 
-def cpu_sample() -> CpuSample | None:
-    """(steal, total) jiffies of all CPUs so far, from ``/proc/stat``; None off Linux."""
+def _cpu_jiffies() -> list[int] | None:
+    """All CPUs' user nice system idle iowait irq softirq steal jiffies so far (guest time is
+    already in user), from ``/proc/stat``; None off Linux."""
     try:
         with open("/proc/stat", encoding="ascii") as stat:
             fields = stat.readline().split()
@@ -59,9 +60,13 @@ def cpu_sample() -> CpuSample | None:
         return None
     if not fields or fields[0] != "cpu":
         return None
-    # user nice system idle iowait irq softirq steal (guest time is already in user).
-    values = [int(value) for value in fields[1:9]]
-    return values[7], sum(values)
+    return [int(value) for value in fields[1:9]]
+
+
+def cpu_sample() -> CpuSample | None:
+    """(steal, total) jiffies of all CPUs so far; None off Linux."""
+    values = _cpu_jiffies()
+    return None if values is None else (values[7], sum(values))
 
 
 def steal_percent(before: CpuSample | None, after: CpuSample | None) -> float | None:
@@ -86,12 +91,9 @@ class CpuUse:
 
     @classmethod
     def now(cls) -> CpuUse | None:
-        try:
-            with open("/proc/stat", encoding="ascii") as stat:
-                fields = stat.readline().split()
-        except OSError:
+        values = _cpu_jiffies()
+        if values is None:
             return None
-        values = [int(value) for value in fields[1:9]]
         busy = sum(values) - values[3] - values[4] - values[7]  # not idle, iowait or steal
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return cls(usage.ru_utime + usage.ru_stime, busy / os.sysconf("SC_CLK_TCK"))

@@ -184,6 +184,12 @@ def drain(
     return elapsed[0]
 
 
+def user_url(url: URL) -> URL:
+    """The scratch URL names psycopg (for the sync engine); a driverless URL is what a user
+    passes, and what makes ``AsyncWorker`` pick asyncpg on asyncio, as PgQueuer uses."""
+    return url.set(drivername="postgresql")
+
+
 @contextlib.asynccontextmanager
 async def _async_bind(url: URL, engine: Engine) -> AsyncIterator[AsyncEngine | Engine]:
     """What ``AsyncWorker(queue, url)`` would build for itself, built and warmed up front.
@@ -192,9 +198,7 @@ async def _async_bind(url: URL, engine: Engine) -> AsyncIterator[AsyncEngine | E
     threads. Either way the connections exist before the clock starts, as PgQueuer's do.
     """
     if sniffio.current_async_library() == "asyncio":
-        # The scratch URL names psycopg (for the sync engine); a driverless URL is what a user
-        # passes, and what makes AsyncWorker pick asyncpg.
-        async_engine = make_async_engine(url.set(drivername="postgresql"))
+        async_engine = make_async_engine(user_url(url))
         try:
             await warm_async(async_engine)
             yield async_engine

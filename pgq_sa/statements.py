@@ -595,13 +595,29 @@ done AS (
        AND (j.worker_id = :worker_id AND j.state = 'running') IS TRUE
     RETURNING j.id, j.state, j.run_at, j.awaited
 ),
-notified AS (
+notified AS ({announce_done}
+)"""
+
+
+def _announce_finished_sql(channel: str, rows: str) -> str:
+    """SQL selecting one NOTIFY on ``channel`` of the ids in ``rows`` (a CTE returning ``id``,
+    ``state`` and ``awaited``) that ended and are awaited; none when there are none. A message over
+    PostgreSQL's 8000-byte limit becomes ``{"ids": null}`` (waiters then re-read their job)."""
+    return f"""
     SELECT pg_notify('{channel}',
                      CASE WHEN octet_length(m.message) <= 7900 THEN m.message
                           ELSE '{{"ids": null}}' END)
       FROM (SELECT json_build_object('ids', json_agg(id))::text AS message
-              FROM done WHERE state <> 'queued' AND awaited HAVING count(*) > 0) AS m
-)"""
+              FROM {rows} WHERE state <> 'queued' AND awaited HAVING count(*) > 0) AS m"""
+
+
+def _finish_ctes(s: str) -> str:
+    """``_FINISH_CTES`` for schema ``s``."""
+    return _FINISH_CTES.format(
+        s=s, announce_done=_announce_finished_sql(finished_channel(s), "done")
+    )
+
+
 _FINISH_PARAMETERS = ("ids", "attempts", "outcomes", "delays", "results", "errors")
 
 
@@ -614,7 +630,7 @@ def _finish(tables: QueueTables) -> Executable:
     announced with one NOTIFY so ``Queue.wait`` wakes.
     """
     s = tables.schema
-    ctes = _FINISH_CTES.format(s=s, channel=finished_channel(s))
+    ctes = _finish_ctes(s)
     return (
         text(
             f"""
@@ -659,7 +675,7 @@ def _finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     """
     s = tables.schema
     jobs = tables.jobs
-    ctes = _FINISH_CTES.format(s=s, channel=finished_channel(s))
+    ctes = _finish_ctes(s)
     in_queue = "\n       AND c.queue = any(:queues)" if in_queues else ""
     statement = text(
         f"""
@@ -760,7 +776,7 @@ def _rescue(tables: QueueTables) -> Executable:
     ends (out of attempts, or cancelled) are announced to their waiters like any finish.
     """
     s = tables.schema
-    channel, finished = notify_channel(s), finished_channel(s)
+    channel = notify_channel(s)
     return (
         text(
             f"""
@@ -810,8 +826,7 @@ SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
                          json_build_object('reason', 'rescue',
                                            'tasks', json_agg(DISTINCT task))::text)
           FROM rescued WHERE state = 'queued' HAVING count(*) > 0) AS notified,
-       (SELECT pg_notify('{finished}', json_build_object('ids', json_agg(id))::text)
-          FROM rescued WHERE state <> 'queued' AND awaited HAVING count(*) > 0) AS announced
+       ({_announce_finished_sql(finished_channel(s), "rescued")}) AS announced
 """
         )
         .bindparams(bindparam("lease_timeout", type_=Double))

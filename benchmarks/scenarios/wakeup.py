@@ -189,11 +189,9 @@ def _async(
             started.append(time.perf_counter())
             arrived[-1].set()
 
-        # The scratch URL names psycopg (for the sync engine); a driverless URL is what a user
-        # passes, and what makes AsyncWorker pick asyncpg on asyncio (as in the drain).
         worker = AsyncWorker(
             queue,
-            context.url.set(drivername="postgresql"),
+            ours.user_url(context.url),
             concurrency=ours.budget(kind, batch_size),
             batch_size=batch_size,
         )

@@ -111,12 +111,12 @@ class AsyncLane:
         setup: Settings,
         *,
         transactional: bool = False,
-        prepared: driver_path.Statements | None = None,
+        compiled: driver_path.StatementCache | None = None,
     ) -> None:
         self._engine = engine
         self._setup = tuple(setup)
         self._transactional = transactional
-        self._statements = prepared  # autocommit lanes on asyncpg: see workers/driver_path.py
+        self._statements = compiled  # autocommit lanes on asyncpg: see workers/driver_path.py
         self._connection: AsyncConnection | None = None
         self._driver: driver_path.PreparedConnection | None = None
 
@@ -202,7 +202,8 @@ class AsyncioDatabase:
         self.transactional_engine = engine
         self.url = engine.url
         dialect = engine.dialect
-        self._prepared = driver_path.Statements(dialect) if driver_path.supported(dialect) else None
+        supported = driver_path.supported(dialect)
+        self._compiled = driver_path.StatementCache(dialect) if supported else None
 
     async def run(self, operation: Operation[T]) -> T:
         async with self.engine.connect() as connection:
@@ -211,7 +212,7 @@ class AsyncioDatabase:
     def lane(self, setup: Settings = (), *, transactional: bool = False) -> AsyncLane:
         if transactional:
             return AsyncLane(self.transactional_engine, setup, transactional=True)
-        return AsyncLane(self.engine, setup, prepared=self._prepared)
+        return AsyncLane(self.engine, setup, compiled=self._compiled)
 
 
 class ThreadedDatabase:

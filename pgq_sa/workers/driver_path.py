@@ -60,7 +60,7 @@ class CompiledStatement:
         ]
 
 
-class Statements:
+class StatementCache:
     """Compiled statements of one dialect, shared by every lane of one worker."""
 
     def __init__(self, dialect: Dialect) -> None:
@@ -77,7 +77,7 @@ class Statements:
 class PreparedConnection:
     """One lane's asyncpg connection and the statements prepared on it."""
 
-    def __init__(self, connection: AsyncConnection, statements: Statements) -> None:
+    def __init__(self, connection: AsyncConnection, statements: StatementCache) -> None:
         self._connection = connection
         self._statements = statements
         self._driver: Any = None
