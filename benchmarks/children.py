@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from benchmarks import ours
 from benchmarks.scratch import warm
 from pgq_sa import JobSpec, Queue
-from pgq_sa.config import make_engine
+from pgq_sa._config import make_engine
 
 
 def _wait_for(event: Event) -> None:

@@ -16,9 +16,10 @@ import uuid
 
 from sqlalchemy import create_engine, text
 
-from pgq_sa import Queue, monitoring
-from pgq_sa.config import make_engine, sync_url
-from pgq_sa.executors import run_sync
+from pgq_sa import Queue
+from pgq_sa import _monitoring as monitoring
+from pgq_sa._config import make_engine, sync_url
+from pgq_sa._ops.drive import run_sync
 from pgq_sa.migrations import db_upgrade
 
 FILL = """

@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from benchmarks.scratch import warm
 from pgq_sa import AsyncWorker, JobSpec, Queue, ThreadWorker
-from pgq_sa.config import make_async_engine, make_engine
-from pgq_sa.job import Job
+from pgq_sa._config import make_async_engine, make_engine
+from pgq_sa._job import Job
 
 KINDS = ("threads", "asyncio", "trio")
 NOOP = "noop"

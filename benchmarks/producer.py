@@ -24,7 +24,7 @@ STARTUP_TIMEOUT = 60.0
 
 def _pgq_sa(pipe: Connection, url: str, schema: str, task: str) -> None:
     from pgq_sa import Queue
-    from pgq_sa.config import make_engine
+    from pgq_sa._config import make_engine
 
     engine = make_engine(url)
     queue = Queue(schema=schema)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from pgq_sa.config import make_engine, parse_url, sync_url
+from pgq_sa._config import make_engine, parse_url, sync_url
 from pgq_sa.migrations import db_upgrade
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"

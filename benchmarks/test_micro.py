@@ -28,9 +28,9 @@ from benchmarks.scratch import (
     scratch_database,
 )
 from pgq_sa import JobSpec, Queue
-from pgq_sa.decisions import Outcome, succeeded
-from pgq_sa.workers import protocol
-from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase, SyncLane
+from pgq_sa._decisions import Outcome, succeeded
+from pgq_sa._ops import worker as protocol
+from pgq_sa._worker.lanes import CLAIM_SESSION, SyncDatabase, SyncLane
 
 SCHEMA = "bench_micro"
 BATCH = 10

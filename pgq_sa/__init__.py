@@ -7,11 +7,11 @@ and an anyio worker (asyncio or trio) run them with the same SQL.
 
 import logging
 
-from pgq_sa.job import Job, JobError, JobInfo, JobSpec, Retry
-from pgq_sa.queue import Queue
-from pgq_sa.schema import JobStatus
-from pgq_sa.tasks import RateLimit
-from pgq_sa.workers import AsyncWorker, ThreadWorker
+from pgq_sa._job import Job, JobError, JobInfo, JobSpec, Retry
+from pgq_sa._queue import Queue
+from pgq_sa._schema import JobStatus
+from pgq_sa._tasks import RateLimit
+from pgq_sa._worker import AsyncWorker, ThreadWorker
 
 __all__ = [
     "AsyncWorker",

@@ -1,5 +1,5 @@
 """``python -m pgq_sa`` runs the command line."""
 
-from pgq_sa.cli import main
+from pgq_sa._cli import main
 
 main()

@@ -10,7 +10,7 @@ The doors:
   the user's revisions.
 
 The marker is the table ``<schema>.pgq_sa_version`` (Alembic's own version-table layout). Every
-step of :mod:`pgq_sa.migration_steps` consults it before running and records itself in it after, so
+step of :mod:`pgq_sa._steps` consults it before running and records itself in it after, so
 moving from one door to another never applies a step twice. Steps run under a transaction-level
 advisory lock, so two processes migrating at once apply each step once.
 """
@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
-from pgq_sa.migration_steps import STEPS, Step
-from pgq_sa.schema import DEFAULT_SCHEMA, VERSION_TABLE, build_tables, validate_schema_name
+from pgq_sa._schema import DEFAULT_SCHEMA, VERSION_TABLE, build_tables, validate_schema_name
+from pgq_sa._steps import STEPS, Step
 
 __all__ = [
     "BRANCH_LABEL",

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
 
-from pgq_sa.config import make_engine, sync_url
+from pgq_sa._config import make_engine, sync_url
 from pgq_sa.migrations import db_upgrade
 
 
@@ -29,7 +29,7 @@ def server_url() -> Iterator[URL]:
     if configured:
         yield sync_url(configured)
         return
-    from pgq_sa import devdb
+    from pgq_sa import _devdb as devdb
 
     folder = Path(tempfile.mkdtemp(prefix="pgq_sa_test_pg_"))
     server = devdb.start(folder / "data", keep_running=False)

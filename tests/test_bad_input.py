@@ -28,8 +28,8 @@ from sqlalchemy.engine import URL
 from test_validation import BAD_ENQUEUES
 
 from pgq_sa import JobSpec, JobStatus, Queue, ThreadWorker
-from pgq_sa.cli import cli
-from pgq_sa.config import make_async_engine, make_engine
+from pgq_sa._cli import cli
+from pgq_sa._config import make_async_engine, make_engine
 
 APPS = str(Path(__file__).parent / "apps")
 SQL_TEXT = "x'); drop table pgq.jobs; --"

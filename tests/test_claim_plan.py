@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from pgq_sa import Queue
-from pgq_sa.decisions import Outcome, succeeded
-from pgq_sa.workers import protocol
-from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase
+from pgq_sa._decisions import Outcome, succeeded
+from pgq_sa._ops import worker as protocol
+from pgq_sa._worker.lanes import CLAIM_SESSION, SyncDatabase
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

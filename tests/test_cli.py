@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pgq_sa import JobStatus, Queue
-from pgq_sa.cli import cli
+from pgq_sa._cli import cli
 from pgq_sa.migrations import head_revision
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import text
 from worker_helpers import start_worker
 
 from pgq_sa import JobStatus, Queue
-from pgq_sa.cli import cli
+from pgq_sa._cli import cli
 
 APPS = str(__import__("pathlib").Path(__file__).parent / "apps")
 
@@ -349,9 +349,9 @@ def test_help_names_the_environment_and_the_commands():
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_monitoring_runs_on_asyncpg_with_the_same_figures(engine, database_url):
-    from pgq_sa import monitoring
-    from pgq_sa.config import make_async_engine
-    from pgq_sa.executors import run_async, run_sync
+    from pgq_sa import _monitoring as monitoring
+    from pgq_sa._config import make_async_engine
+    from pgq_sa._ops.drive import run_async, run_sync
 
     queue = Queue()
     queue.enqueue(engine, "a")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pgq_sa.config import (
+from pgq_sa._config import (
     ConfigurationError,
     async_url,
     parse_url,

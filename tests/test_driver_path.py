@@ -9,11 +9,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from pgq_sa import JobSpec, Queue, decisions
-from pgq_sa.config import make_async_engine
-from pgq_sa.workers import driver_path, protocol
-from pgq_sa.workers.database import CLAIM_SESSION, AsyncioDatabase
-from pgq_sa.workers.protocol import Identity
+from pgq_sa import JobSpec, Queue
+from pgq_sa import _decisions as decisions
+from pgq_sa._config import make_async_engine
+from pgq_sa._ops import worker as protocol
+from pgq_sa._ops.worker import Identity
+from pgq_sa._worker import driver_path
+from pgq_sa._worker.lanes import CLAIM_SESSION, AsyncioDatabase
 
 PAYLOADS = [{"n": 1, "nested": {"a": [1, 2]}}, [1, "two", None], "text", 3.5, None, True]
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
 from pgq_sa import JobSpec, JobStatus, Queue
-from pgq_sa.schema import notify_channel
+from pgq_sa._schema import notify_channel
 
 
 @pytest.fixture
@@ -239,7 +239,7 @@ def test_pause_and_resume_are_stored(queue, engine):
 
 
 def test_async_bind_on_sync_method_is_refused_before_sql(queue, database_url):
-    from pgq_sa.config import make_async_engine
+    from pgq_sa._config import make_async_engine
 
     async_engine = make_async_engine(database_url)
     with pytest.raises(TypeError, match="_async"):

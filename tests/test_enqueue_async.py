@@ -8,7 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pgq_sa import JobSpec, JobStatus, Queue
-from pgq_sa.config import make_async_engine
+from pgq_sa._config import make_async_engine
 
 pytestmark = pytest.mark.anyio
 

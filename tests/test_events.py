@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from worker_helpers import KINDS, start_worker
 
 from pgq_sa import JobSpec, JobStatus, Queue, Retry
-from pgq_sa.events import (
+from pgq_sa._events import (
     Cancelled,
     Enqueued,
     Failed,
@@ -24,8 +24,8 @@ from pgq_sa.events import (
     Started,
     Succeeded,
 )
-from pgq_sa.executors import run_sync
-from pgq_sa.workers import protocol
+from pgq_sa._ops import worker as protocol
+from pgq_sa._ops.drive import run_sync
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -165,13 +165,13 @@ def test_event_sequences_on_every_worker(kind, engine, database_url):
 
     retried = recorder.of(ids["flaky"])[2]
     assert isinstance(retried, Retried)
-    assert (retried.error_type, retried.delay) == ("pgq_sa.job.Retry", 0)
+    assert (retried.error_type, retried.delay) == ("pgq_sa._job.Retry", 0)
     failed = recorder.of(ids["flaky"])[4]
     assert isinstance(failed, Failed)
     assert (failed.error_type, failed.error_message) == ("ValueError", "second attempt broke")
     cancelled = recorder.of(ids["stoppable"])[2]
     assert isinstance(cancelled, Cancelled)
-    assert cancelled.error_type == "pgq_sa.decisions.JobCancelled"
+    assert cancelled.error_type == "pgq_sa._decisions.JobCancelled"
     assert SECRET not in repr(recorder.events)
 
 
@@ -251,7 +251,7 @@ def test_failing_observers_never_break_enqueue_or_workers(engine, database_url, 
     assert queue.get(engine, broken_id).status is JobStatus.failed
     assert _sequence(good.of(ok_id)) == [("enqueued", 0), ("started", 1), ("succeeded", 1)]
     assert _sequence(good.of(broken_id)) == [("enqueued", 0), ("started", 1), ("failed", 1)]
-    messages = [r.getMessage() for r in caplog.records if r.name == "pgq_sa.events"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pgq_sa._events"]
     assert sum("event subscriber" in m for m in messages) == 6
     assert sum("meta provider" in m for m in messages) == 4
     assert sum("failed on entry" in m for m in messages) == 2

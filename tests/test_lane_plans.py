@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from pgq_sa import JobSpec, Queue
-from pgq_sa.workers.database import CLAIM_SESSION, FINISH_SESSION, Settings
-from pgq_sa.workers.driver_path import CompiledStatement
+from pgq_sa._worker.driver_path import CompiledStatement
+from pgq_sa._worker.lanes import CLAIM_SESSION, FINISH_SESSION, Settings
 
 CASES = [
     ("claim", CLAIM_SESSION),

@@ -17,7 +17,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, Text, inspect, text
 
 from pgq_sa import Queue
 from pgq_sa import migrations as m
-from pgq_sa.schema import VERSION_TABLE
+from pgq_sa._schema import VERSION_TABLE
 
 HEAD = m.head_revision()
 
@@ -251,7 +251,7 @@ def test_unknown_marker_revision_is_a_clear_error(empty_engine):
 def test_concurrent_upgrades_apply_once(empty_database_url):
     import threading
 
-    from pgq_sa.config import make_engine
+    from pgq_sa._config import make_engine
 
     errors: list[BaseException] = []
 

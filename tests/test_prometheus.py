@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker_helpers import start_worker
 
 from pgq_sa import JobStatus, Queue
-from pgq_sa.cli import cli
-from pgq_sa.config import make_engine
+from pgq_sa._cli import cli
+from pgq_sa._config import make_engine
 from pgq_sa.contrib.prometheus import PrometheusMetrics, serve
 
 pytestmark = [pytest.mark.timeout(120)]

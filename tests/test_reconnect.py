@@ -14,8 +14,9 @@ from helpers import wait_for_listener
 from sqlalchemy import text
 from worker_helpers import KINDS, start_worker
 
-from pgq_sa import JobSpec, Queue, devdb
-from pgq_sa.config import make_engine, sync_url
+from pgq_sa import JobSpec, Queue
+from pgq_sa import _devdb as devdb
+from pgq_sa._config import make_engine, sync_url
 from pgq_sa.migrations import db_upgrade
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]

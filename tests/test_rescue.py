@@ -16,7 +16,8 @@ from helpers import until_awaited
 from sqlalchemy import text
 from worker_helpers import start_worker
 
-from pgq_sa import JobSpec, JobStatus, Queue, waiting
+from pgq_sa import JobSpec, JobStatus, Queue
+from pgq_sa import _waiting as waiting
 
 pytestmark = [pytest.mark.timeout(120)]
 

@@ -15,10 +15,10 @@ from sqlalchemy import text
 from worker_helpers import start_worker
 
 from pgq_sa import Queue
-from pgq_sa.cli import cli
-from pgq_sa.scheduling import cron_schedule
-from pgq_sa.workers import scheduler
-from pgq_sa.workers.database import SyncDatabase
+from pgq_sa._cli import cli
+from pgq_sa._cron import cron_schedule
+from pgq_sa._ops import schedules as scheduler
+from pgq_sa._worker.lanes import SyncDatabase
 
 UTC = timezone.utc
 NEW_YORK = ZoneInfo("America/New_York")

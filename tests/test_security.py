@@ -21,12 +21,13 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ProgrammingError
 
-from pgq_sa import AsyncWorker, Job, JobSpec, JobStatus, Queue, ThreadWorker, roles
-from pgq_sa.cli import cli
-from pgq_sa.config import make_engine
+from pgq_sa import AsyncWorker, Job, JobSpec, JobStatus, Queue, ThreadWorker
+from pgq_sa import _roles as roles
+from pgq_sa._cli import cli
+from pgq_sa._config import make_engine
+from pgq_sa._schema import finished_channel, notify_channel
+from pgq_sa._worker.listener import conninfo
 from pgq_sa.migrations import db_upgrade
-from pgq_sa.schema import finished_channel, notify_channel
-from pgq_sa.workers.notifications import conninfo
 
 
 def _drain(
@@ -422,7 +423,7 @@ def test_hostile_values_travel_as_parameters(engine):
 
 
 def test_the_demo_refuses_a_hostile_schema_before_dropping_anything(engine):
-    from pgq_sa.demo import run_demo
+    from pgq_sa._cli.demo import run_demo
 
     for name in ('pgq" CASCADE; DROP SCHEMA pgq CASCADE; --', "public", "PGQ"):
         with pytest.raises(ValueError, match="schema"):

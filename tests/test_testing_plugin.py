@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from pgq_sa import JobStatus, Queue, Retry
-from pgq_sa.config import make_async_engine
+from pgq_sa._config import make_async_engine
 from pgq_sa.testing import run_due_jobs, run_due_jobs_async
 
 queue = Queue()

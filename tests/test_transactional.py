@@ -11,8 +11,8 @@ from sqlalchemy import text
 from worker_helpers import KINDS, make_worker, run_worker, start_worker
 
 from pgq_sa import AsyncWorker, Job, JobSpec, JobStatus, Queue, Retry, ThreadWorker
-from pgq_sa.executors import run_sync
-from pgq_sa.workers import protocol
+from pgq_sa._ops import worker as protocol
+from pgq_sa._ops.drive import run_sync
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -210,7 +210,7 @@ def test_a_timed_out_transactional_attempt_is_rolled_back(kind, engine, database
 
     info = queue.get(engine, timed_out)
     assert info.status is JobStatus.failed
-    assert info.error.type == "pgq_sa.decisions.JobTimeout"
+    assert info.error.type == "pgq_sa._decisions.JobTimeout"
     with engine.connect() as connection:
         effects = sorted(connection.execute(text("SELECT job_id FROM effects")).scalars())
     assert effects == sorted(after)  # nothing of the timed-out attempt; the pool still works
@@ -228,15 +228,15 @@ def test_a_handler_that_commits_job_connection_itself_fails_the_attempt(engine, 
     run_worker(make_worker("threads", queue, database_url, size=1), "threads")
     info = queue.get(engine, job_id)
     assert info.status is JobStatus.failed
-    assert info.error.type == "pgq_sa.workers.transactional.TransactionEnded"
+    assert info.error.type == "pgq_sa._worker.transactional.TransactionEnded"
     assert "begin_nested()" in info.error.message
 
 
 def test_job_connections_leave_the_worker_its_own_share_of_the_pool():
     from sqlalchemy import create_engine
 
-    from pgq_sa.workers.options import worker_options
-    from pgq_sa.workers.transactional import connection_slots
+    from pgq_sa._worker.options import worker_options
+    from pgq_sa._worker.transactional import connection_slots
 
     queue = Queue()
     queue.task("tx", transactional=True)(lambda job: None)

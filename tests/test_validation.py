@@ -10,7 +10,7 @@ from helpers import snapshot
 from sqlalchemy import event
 
 from pgq_sa import JobSpec, Queue
-from pgq_sa.schema import build_tables
+from pgq_sa._schema import build_tables
 
 
 @pytest.fixture

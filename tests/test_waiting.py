@@ -18,8 +18,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from worker_helpers import KINDS, make_worker, run_worker, start_worker
 
-from pgq_sa import JobSpec, JobStatus, Queue, waiting
-from pgq_sa.schema import finished_channel, notify_channel
+from pgq_sa import JobSpec, JobStatus, Queue
+from pgq_sa import _waiting as waiting
+from pgq_sa._schema import finished_channel, notify_channel
 
 pytestmark = pytest.mark.timeout(120)
 

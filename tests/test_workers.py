@@ -13,7 +13,8 @@ from helpers import count_jobs, wait_for_listener
 from sqlalchemy import text
 from worker_helpers import KINDS, make_worker, run_worker, start_worker
 
-from pgq_sa import AsyncWorker, JobSpec, JobStatus, Queue, Retry, ThreadWorker, decisions
+from pgq_sa import AsyncWorker, JobSpec, JobStatus, Queue, Retry, ThreadWorker
+from pgq_sa import _decisions as decisions
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -329,7 +330,7 @@ def test_worker_options_are_validated_before_connecting(engine):
 
 
 def test_retention_prunes_finished_jobs_in_batches(kind, engine, database_url):
-    from pgq_sa.workers import threaded
+    from pgq_sa._worker import thread_worker as threaded
 
     queue = Queue(keep_succeeded=3600, keep_failed=3600)
 

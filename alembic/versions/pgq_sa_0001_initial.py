@@ -1,6 +1,6 @@
 """pgq_sa 0001: jobs, workers, queues, task limits, schedules.
 
-The DDL lives in pgq_sa.migration_steps; this file only tells Alembic where the step sits.
+The DDL lives in pgq_sa._steps; this file only tells Alembic where the step sits.
 """
 
 from alembic import op

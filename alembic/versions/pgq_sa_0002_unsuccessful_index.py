@@ -1,6 +1,6 @@
 """pgq_sa 0002: an index of failed and cancelled jobs, for monitoring.
 
-The DDL lives in pgq_sa.migration_steps; this file only tells Alembic where the step sits.
+The DDL lives in pgq_sa._steps; this file only tells Alembic where the step sits.
 """
 
 from alembic import op

@@ -1,6 +1,6 @@
 """pgq_sa 0003: jobs.awaited, so that a finished job is announced only when someone waits for it.
 
-The DDL lives in pgq_sa.migration_steps; this file only tells Alembic where the step sits.
+The DDL lives in pgq_sa._steps; this file only tells Alembic where the step sits.
 """
 
 from alembic import op

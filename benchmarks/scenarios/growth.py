@@ -37,10 +37,10 @@ from benchmarks.scratch import (
 )
 from benchmarks.stats import median, percentile, summarize
 from pgq_sa import Queue
-from pgq_sa.decisions import succeeded
-from pgq_sa.statements import Statements
-from pgq_sa.workers import protocol
-from pgq_sa.workers.database import CLAIM_SESSION, SyncDatabase, SyncLane
+from pgq_sa._decisions import succeeded
+from pgq_sa._ops import worker as protocol
+from pgq_sa._sql import Statements
+from pgq_sa._worker.lanes import CLAIM_SESSION, SyncDatabase, SyncLane
 
 QUEUED_ROWS = "INSERT INTO {schema}.jobs (task) SELECT :task FROM generate_series(1, :n)"
 FINISHED_ROWS = (

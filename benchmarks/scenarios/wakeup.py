@@ -40,8 +40,8 @@ from benchmarks.report import PEER, Result, print_results
 from benchmarks.scratch import queue_schema, warm
 from benchmarks.stats import percentile
 from pgq_sa import AsyncWorker, Queue, ThreadWorker
-from pgq_sa.config import make_async_engine, make_engine
-from pgq_sa.job import Job
+from pgq_sa._config import make_async_engine, make_engine
+from pgq_sa._job import Job
 
 PING = peer.PING
 PERCENTILES = (50, 90, 99)

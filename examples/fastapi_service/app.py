@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pgq_sa import AsyncWorker, Job, Queue
-from pgq_sa.config import make_async_engine, resolve_url
+from pgq_sa._config import make_async_engine, resolve_url
 
 engine = make_async_engine(resolve_url().url)  # asyncpg
 Session = async_sessionmaker(engine, expire_on_commit=False)

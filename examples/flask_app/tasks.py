@@ -6,7 +6,7 @@ from sqlalchemy import CheckConstraint, DateTime, String, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgq_sa import Job, Queue
-from pgq_sa.config import make_engine, resolve_url
+from pgq_sa._config import make_engine, resolve_url
 
 # PGQ_SA_DATABASE_URL or DATABASE_URL; with neither set, the embedded PostgreSQL.
 engine = make_engine(resolve_url().url)

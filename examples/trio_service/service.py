@@ -14,7 +14,7 @@ from sqlalchemy import Text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from pgq_sa import AsyncWorker, Job, Queue
-from pgq_sa.config import make_engine, resolve_url
+from pgq_sa._config import make_engine, resolve_url
 
 engine = make_engine(resolve_url().url)  # psycopg; used from trio through worker threads
 queue = Queue()

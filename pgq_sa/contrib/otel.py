@@ -31,9 +31,9 @@ except ImportError as error:  # pragma: no cover - tested with the module hidden
         "pgq_sa.contrib.otel needs opentelemetry-api: pip install 'pgq-sa[otel]'"
     ) from error
 
-from pgq_sa.events import Failed, JobEvent, Retried, Subscription
-from pgq_sa.job import Job
-from pgq_sa.queue import Queue
+from pgq_sa._events import Failed, JobEvent, Retried, Subscription
+from pgq_sa._job import Job
+from pgq_sa._queue import Queue
 
 META_KEY = "otel"
 SYSTEM = "pgq_sa"

@@ -40,9 +40,9 @@ import psycopg
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from pgq_sa.events import Finished, JobEvent, Rescued, Started, Subscription
-from pgq_sa.queue import Queue
-from pgq_sa.schema import JobStatus
+from pgq_sa._events import Finished, JobEvent, Rescued, Started, Subscription
+from pgq_sa._queue import Queue
+from pgq_sa._schema import JobStatus
 
 log = logging.getLogger("pgq_sa.contrib.prometheus")
 

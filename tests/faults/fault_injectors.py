@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
-from pgq_sa import devdb
+from pgq_sa import _devdb as devdb
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from fault_oracle import Report, judge
 from fault_supervisor import Supervisor
 
 from pgq_sa import JobSpec, Queue
-from pgq_sa.config import sync_url
+from pgq_sa._config import sync_url
 from pgq_sa.migrations import db_upgrade
 
 DATABASE = "pgq_sa_faults"

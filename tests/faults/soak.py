@@ -31,7 +31,7 @@ from fault_injectors import own_server
 from fault_supervisor import Supervisor
 
 from pgq_sa import JobSpec, Queue
-from pgq_sa.config import sync_url
+from pgq_sa._config import sync_url
 from pgq_sa.migrations import db_upgrade
 
 KINDS = ("threads", "asyncio", "trio")

@@ -6,7 +6,7 @@ from alembic import context
 from models import Base
 
 import pgq_sa.migrations
-from pgq_sa.config import make_engine, resolve_url
+from pgq_sa._config import make_engine, resolve_url
 
 config = context.config
 if config.config_file_name is not None:

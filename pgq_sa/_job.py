@@ -1,0 +1,166 @@
+"""The values users handle: ``JobSpec`` to describe a job, ``JobInfo`` to read one back,
+``Job`` inside a handler, and ``Retry`` to ask for another attempt."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pgq_sa._schema import JobStatus
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job to enqueue with :meth:`Queue.enqueue_many`; options left ``None`` take the task's."""
+
+    task: str
+    payload: Any = None
+    priority: int | None = None
+    delay: float | timedelta | None = None
+    run_at: datetime | None = None
+    dedupe_key: str | None = None
+    queue: str | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True)
+class JobError:
+    """What a failed attempt left behind: the exception's type, message and traceback."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+    attempt: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobError | None:
+        if not isinstance(data, dict):
+            return None
+        return cls(
+            type=str(data.get("type", "")),
+            message=str(data.get("message", "")),
+            traceback=data.get("traceback"),
+            attempt=data.get("attempt"),
+        )
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A snapshot of one stored job, as returned by :meth:`Queue.get`."""
+
+    id: int
+    task: str
+    queue: str
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    priority: int
+    payload: Any
+    result: Any
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    run_at: datetime
+    dedupe_key: str | None = None
+    cancel_requested: bool = False
+    scheduled_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+@dataclass
+class Job:
+    """The job a handler is running; ``cancelled`` turns True once it should stop."""
+
+    id: int
+    task: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    priority: int
+    queue: str
+    created_at: datetime
+    scheduled_at: datetime | None = None
+    run_at: datetime | None = None  # when the job was due
+    started_at: datetime | None = None  # when this attempt was claimed (database clock)
+    meta: dict[str, Any] | None = field(default=None, repr=False)  # e.g. a trace context
+    cancel_reason: str | None = field(default=None, repr=False)
+    _cancel_callbacks: list[Callable[[], None]] | None = field(default=None, repr=False)
+    _cancel_event: threading.Event | None = field(default=None, repr=False)
+    _connection: Any = field(default=None, repr=False)
+
+    @property
+    def connection(self) -> Any:
+        """The connection of this attempt's transaction, in the handler of a task declared with
+        ``transactional=True``: a ``sqlalchemy.Connection`` in a ``def`` handler, an
+        ``AsyncConnection`` in an ``async def`` one. What the handler writes on it commits
+        together with the job's completion, or not at all; never commit or roll it back yourself
+        (``begin_nested()`` savepoints are fine)."""
+        if self._connection is None:
+            raise RuntimeError(
+                f"job.connection is only available while the handler of a task declared with "
+                f"@queue.task(..., transactional=True) runs; task {self.task!r} has none here"
+            )
+        return self._connection
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancellation (or the timeout) was requested; sync handlers should poll it."""
+        return self.cancel_reason is not None
+
+    def request_cancel(self, reason: str) -> None:
+        """Ask the handler to stop (``reason``: "cancel", "timeout" or "shutdown"); idempotent."""
+        with _CANCEL_LOCK:
+            if self.cancel_reason is not None:
+                return
+            self.cancel_reason = reason
+            event, callbacks = self._cancel_event, list(self._cancel_callbacks or ())
+        if event is not None:
+            event.set()
+        for callback in callbacks:
+            callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (from whichever thread cancels) once cancellation is requested."""
+        with _CANCEL_LOCK:
+            if self._cancel_callbacks is None:
+                self._cancel_callbacks = []
+            self._cancel_callbacks.append(callback)
+            already = self.cancel_reason is not None
+        if already:
+            callback()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds until cancellation is requested; True if it was."""
+        with _CANCEL_LOCK:
+            if self.cancel_reason is not None:
+                return True
+            if self._cancel_event is None:
+                self._cancel_event = threading.Event()
+            event = self._cancel_event
+        return event.wait(timeout)
+
+
+# One lock for the rare cancellation bookkeeping of every job: creating a lock (or an Event)
+# per job costs more than the whole claim of a no-op job.
+_CANCEL_LOCK = threading.Lock()
+
+
+class Retry(Exception):
+    """Raise from a handler to ask for another attempt after ``delay`` (seconds or timedelta)."""
+
+    def __init__(self, delay: float | timedelta | None = None, reason: str | None = None) -> None:
+        from pgq_sa import _validation as validation
+
+        self.delay = None if delay is None else validation.seconds(delay, "Retry delay")
+        self.reason = reason
+        super().__init__(reason or "retry requested")

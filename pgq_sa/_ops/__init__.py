@@ -1,0 +1,1 @@
+"""Operations: every database conversation, written once as generators of statements."""

@@ -1,0 +1,321 @@
+"""The worker's conversation with the database, written once for both workers.
+
+Each function is an operation generator (see :mod:`pgq_sa._ops.drive`): it yields one statement of
+:mod:`pgq_sa._sql` and turns the rows into plain values. The thread worker drives them with
+``run_sync``, the async worker with ``run_async``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from pgq_sa._decisions import Outcome, finish_parameters
+from pgq_sa._events import EventHub, rescued
+from pgq_sa._job import Job
+from pgq_sa._ops.drive import Operation
+from pgq_sa._sql import CLAIMED_COLUMNS, Statements
+from pgq_sa._tasks import TaskDefinition
+
+log = logging.getLogger("pgq_sa.worker")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a worker is, as recorded in the workers table."""
+
+    id: uuid.UUID
+    name: str
+    kind: str
+    hostname: str
+    pid: int
+
+    @classmethod
+    def new(cls, kind: str, name: str | None = None) -> Identity:
+        worker_id = uuid.uuid4()
+        hostname = socket.gethostname()
+        pid = os.getpid()
+        return cls(worker_id, name or f"{hostname}:{pid}:{kind}", kind, hostname, pid)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat learned: whether the worker's row still exists, and jobs to stop."""
+
+    alive: bool
+    cancel: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What the finish statement recorded, and which outcomes lost their lease."""
+
+    recorded: dict[int, str]
+    lost: tuple[Outcome, ...]
+    next_run_at: datetime | None
+
+
+def register(
+    statements: Statements,
+    identity: Identity,
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    concurrency: int,
+) -> Operation[bool]:
+    yield (
+        statements.register_worker,
+        {
+            "worker_id": identity.id,
+            "name": identity.name,
+            "kind": identity.kind,
+            "hostname": identity.hostname,
+            "pid": identity.pid,
+            "queues": list(queues) if queues is not None else None,
+            "tasks": list(tasks),
+            "concurrency": concurrency,
+        },
+    )
+    return True
+
+
+def deregister(statements: Statements, worker_id: uuid.UUID) -> Operation[None]:
+    yield statements.deregister_worker, {"worker_id": worker_id}
+
+
+def heartbeat(statements: Statements, worker_id: uuid.UUID) -> Operation[Heartbeat]:
+    (row,) = yield statements.heartbeat, {"worker_id": worker_id}
+    return Heartbeat(alive=bool(row.alive), cancel=tuple(row.cancel or ()))
+
+
+class Claimed(NamedTuple):
+    """A leased job with what the worker needs beside the handler's view of it."""
+
+    job: Job
+    timeout: float | None
+    cancel_requested: bool
+
+
+def claim(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+) -> Operation[list[Claimed]]:
+    """Lease up to ``limit`` jobs; they come back as handler-ready ``Job`` objects."""
+    params: dict[str, Any] = {"worker_id": worker_id, "tasks": list(tasks), "limit": limit}
+    if queues is None:
+        rows = yield statements.claim, params
+    else:
+        rows = yield statements.claim_in_queues, {**params, "queues": list(queues)}
+    return _claimed(rows)
+
+
+def claim_limited(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+) -> Operation[list[Claimed]]:
+    """Claim jobs of tasks with cluster-wide limits; must run inside one transaction."""
+    yield statements.lock_limits, {"tasks": list(tasks)}
+    rows = yield (
+        statements.claim_limited,
+        {
+            "worker_id": worker_id,
+            "tasks": list(tasks),
+            "queues": list(queues) if queues is not None else None,
+            "limit": limit,
+        },
+    )
+    return _claimed([row[:CLAIM_COLUMNS] for row in rows])  # then "paced"
+
+
+# The claim statements return these columns first, in this order (``_claimed`` unpacks them by
+# position: rows arrive by the batch on the hot path).
+CLAIM_COLUMNS = len(CLAIMED_COLUMNS)
+
+
+def _claimed(rows: Sequence[Any]) -> list[Claimed]:
+    return [
+        Claimed(
+            Job(
+                job_id,
+                task,
+                payload,
+                attempt,
+                max_attempts,
+                priority,
+                queue,
+                created,
+                scheduled,
+                run_at=run_at,
+                started_at=started_at,
+                meta=meta,
+            ),
+            timeout,
+            cancel_requested,
+        )
+        for (
+            job_id,
+            task,
+            payload,
+            attempt,
+            max_attempts,
+            priority,
+            queue,
+            created,
+            timeout,
+            scheduled,
+            cancel_requested,
+            run_at,
+            started_at,
+            meta,
+        ) in rows
+    ]
+
+
+def upsert_limits(statements: Statements, definitions: Sequence[TaskDefinition]) -> Operation[bool]:
+    """Store the cluster-wide limits the worker's tasks declare."""
+    limited = [d for d in definitions if d.concurrency is not None or d.rate_limit is not None]
+    if limited:
+        yield (
+            statements.upsert_limits,
+            {
+                "tasks": json.dumps([d.name for d in limited]),
+                "concurrency": json.dumps([d.concurrency for d in limited]),
+                "rate_count": json.dumps(
+                    [d.rate_limit.count if d.rate_limit else None for d in limited]
+                ),
+                "rate_period": json.dumps(
+                    [d.rate_limit.period if d.rate_limit else None for d in limited]
+                ),
+            },
+        )
+    return True
+
+
+def finish(
+    statements: Statements, worker_id: uuid.UUID, outcomes: Sequence[Outcome]
+) -> Operation[Finished]:
+    """Write many outcomes in one statement; report those whose lease was lost. Outcomes
+    already ``written`` (by a transactional task's own transaction) are skipped."""
+    outcomes = [o for o in outcomes if not o.written]
+    if not outcomes:
+        return Finished({}, (), None)
+    params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
+    rows: Sequence[Any] = yield statements.finish, params  # (id, state, run_at, notices)
+    retries = [row[2] for row in rows if row[1] == "queued"]
+    recorded = {row[0]: row[1] for row in rows}
+    return _finished(outcomes, recorded, min(retries) if retries else None)
+
+
+def finish_and_claim(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    outcomes: Sequence[Outcome],
+    tasks: Sequence[str],
+    queues: Sequence[str] | None,
+    limit: int,
+) -> Operation[tuple[Finished, list[Claimed]]]:
+    """Write ``outcomes`` (as :func:`finish`) and lease up to ``limit`` jobs (as :func:`claim`)
+    in one statement, so a busy worker pays one round trip and one commit per batch. Outcomes
+    already ``written`` (by a transactional task's own transaction) are not written again."""
+    outcomes = [o for o in outcomes if not o.written]
+    params: dict[str, Any] = {
+        "worker_id": worker_id,
+        "tasks": list(tasks),
+        "limit": limit,
+        **finish_parameters(list(outcomes)),
+    }
+    if queues is None:
+        rows = yield statements.finish_and_claim, params
+    else:
+        rows = yield statements.finish_and_claim_in_queues, {**params, "queues": list(queues)}
+    claimed_rows: list[Any] = []
+    recorded: dict[int, str] = {}
+    next_retry = None
+    row: Any
+    for row in rows:
+        if row[0]:
+            claimed_rows.append(row[1 : 1 + CLAIM_COLUMNS])
+        else:  # the summary of the outcomes written
+            ids, states, next_retry = row[1 + CLAIM_COLUMNS : 4 + CLAIM_COLUMNS]
+            recorded = dict(zip(ids or (), states or (), strict=True))
+    return _finished(outcomes, recorded, next_retry), _claimed(claimed_rows)
+
+
+def _finished(
+    outcomes: Sequence[Outcome], recorded: dict[int, str], next_run_at: datetime | None
+) -> Finished:
+    """What a finish wrote (job id -> state), and the outcomes it could not."""
+    lost = tuple(o for o in outcomes if o.job_id not in recorded)
+    for outcome in lost:
+        log.warning(
+            "job %s attempt %s: lease lost (the job was rescued or handed back); "
+            "its %s outcome was not recorded",
+            outcome.job_id,
+            outcome.attempt,
+            outcome.state,
+        )
+    return Finished(recorded, lost, next_run_at)
+
+
+def hand_back(
+    statements: Statements, worker_id: uuid.UUID, keep: Sequence[int] = ()
+) -> Operation[int]:
+    """Requeue the jobs this worker holds in the database, except ``keep``."""
+    rows = yield statements.hand_back, {"worker_id": worker_id, "keep": list(keep)}
+    handed_back = int(rows[0].handed_back) if rows else 0
+    if handed_back and keep:
+        log.warning("handed back %d jobs claimed by a statement whose answer was lost", handed_back)
+    return handed_back
+
+
+def next_run_at(statements: Statements, tasks: Sequence[str]) -> Operation[float | None]:
+    """The epoch time the earliest queued job of ``tasks`` is due, if any."""
+    (row,) = yield statements.next_run_at, {"tasks": list(tasks)}
+    return row.run_at.timestamp() if row.run_at is not None else None
+
+
+@dataclass(frozen=True)
+class Rescue:
+    requeued: int
+    failed: int
+    workers: int
+
+
+def rescue(
+    statements: Statements, lease_timeout: float, events: EventHub | None = None
+) -> Operation[Rescue]:
+    """Requeue the jobs of workers silent for longer than ``lease_timeout``; ``events`` hears
+    of each job rescued."""
+    (row,) = yield statements.rescue, {"lease_timeout": lease_timeout}
+    result = Rescue(int(row.requeued), int(row.failed), int(row.workers))
+    if events is not None and events.active:
+        rescued(events, row.jobs)
+    if result.requeued or result.failed or result.workers:
+        log.warning(
+            "rescued the jobs of %d silent workers: %d queued again, %d failed (out of attempts)",
+            result.workers,
+            result.requeued,
+            result.failed,
+        )
+    return result
+
+
+def prune(
+    statements: Statements, succeeded_age: float, failed_age: float, limit: int
+) -> Operation[int]:
+    """Delete finished jobs past their retention, at most ``limit`` of each kind."""
+    removed = yield statements.prune_succeeded, {"age": succeeded_age, "limit": limit}
+    removed_failed = yield statements.prune_failed, {"age": failed_age, "limit": limit}
+    return len(removed) + len(removed_failed)

@@ -1,0 +1,118 @@
+"""Running one handler and turning what happened into an :class:`~pgq_sa._decisions.Outcome`.
+
+Shared by both workers: ``run_sync_handler`` runs a ``def`` handler on the calling thread;
+``run_async_handler`` runs an ``async def`` handler on the current event loop inside a cancel
+scope, so a timeout or a cancellation really stops it. Both report the run to the queue's
+:class:`~pgq_sa._events.EventHub` (``started`` and the outcome, inside its handler scopes) when
+anything is attached to it, and cost one attribute check when nothing is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from typing import Any
+
+import anyio
+
+from pgq_sa import _decisions as decisions
+from pgq_sa._decisions import JobCancelled, JobTimeout, Outcome
+from pgq_sa._events import EventHub
+from pgq_sa._job import Job
+from pgq_sa._tasks import TaskDefinition
+
+
+def _interrupted(job: Job, timeout: float | None) -> Outcome:
+    if job.cancel_reason == "timeout":
+        error: BaseException = JobTimeout(f"timeout: the job ran longer than {timeout:g}s")
+        return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+    return decisions.errored(
+        job.id,
+        job.attempt,
+        job.max_attempts,
+        JobCancelled("cancelled while running"),
+        cancelled=True,
+    )
+
+
+def run_sync_handler(
+    definition: TaskDefinition,
+    job: Job,
+    timeout: float | None,
+    events: EventHub | None = None,
+    worker_id: uuid.UUID | None = None,
+) -> Outcome:
+    """Call a ``def`` handler; it sees a timeout or cancellation through ``job.cancelled``."""
+    if events is None or not events.active:
+        return _run_sync(definition, job, timeout)
+    with events.handling(job, worker_id) as run:
+        outcome = _run_sync(definition, job, timeout)
+        run.finished(outcome)
+    return outcome
+
+
+def _run_sync(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+    started = time.monotonic()
+    try:
+        value: Any = definition.handler(job)
+    except Exception as error:  # the handler's failure is the job's, not the worker's
+        if job.cancelled and job.cancel_reason != "timeout":
+            return _interrupted(job, timeout)
+        if job.cancel_reason == "timeout" or (timeout and time.monotonic() - started > timeout):
+            job.request_cancel("timeout")
+            return _interrupted(job, timeout)
+        return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+    if job.cancelled:
+        return _interrupted(job, timeout)
+    if timeout is not None and time.monotonic() - started > timeout:
+        job.request_cancel("timeout")
+        return _interrupted(job, timeout)
+    return decisions.succeeded(job.id, job.attempt, value)
+
+
+async def run_async_handler(
+    definition: TaskDefinition,
+    job: Job,
+    timeout: float | None,
+    events: EventHub | None = None,
+    worker_id: uuid.UUID | None = None,
+) -> Outcome:
+    """Await an ``async def`` handler; a timeout or cancellation cancels it for real."""
+    if events is None or not events.active:
+        return await _run_async(definition, job, timeout)
+    with events.handling(job, worker_id) as run:
+        outcome = await _run_async(definition, job, timeout)
+        run.finished(outcome)
+    return outcome
+
+
+async def _run_async(definition: TaskDefinition, job: Job, timeout: float | None) -> Outcome:
+    scope = anyio.CancelScope()
+    if timeout is not None:
+        scope.deadline = anyio.current_time() + timeout
+    token = anyio.lowlevel.current_token()
+    loop_thread = threading.get_ident()
+
+    def cancel_from_anywhere() -> None:
+        if threading.get_ident() == loop_thread:
+            scope.cancel()
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nothing left to cancel
+                anyio.from_thread.run_sync(scope.cancel, token=token)
+
+    job.on_cancel(cancel_from_anywhere)
+    value: Any = None
+    try:
+        with scope:
+            value = await definition.handler(job)
+    except Exception as error:
+        if job.cancelled:
+            return _interrupted(job, timeout)
+        return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+    if scope.cancelled_caught or job.cancelled:
+        if not job.cancelled:
+            job.request_cancel("timeout")
+        return _interrupted(job, timeout)
+    return decisions.succeeded(job.id, job.attempt, value)

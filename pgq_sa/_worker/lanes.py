@@ -1,0 +1,248 @@
+"""How a worker reaches the database: executors for sync, asyncio and threads-under-anyio.
+
+* :class:`SyncDatabase` runs an operation on a sync Engine (the thread worker);
+* :class:`AsyncioDatabase` awaits it on an AsyncEngine (the async worker on asyncio);
+* :class:`ThreadedDatabase` runs the sync executor in anyio worker threads under a capacity
+  limiter (the async worker on trio, or given a sync Engine).
+
+Every statement runs in autocommit: each claim, heartbeat or finish is one statement and one round
+trip, committed at once. Busy components (the fetcher, the completer) keep a *lane*: a connection
+held between operations, set up once, with session settings that are reset before the
+connection goes back to a shared pool:
+
+* ``plan_cache_mode = force_generic_plan``: the drivers prepare the hot statements (asyncpg
+  always, psycopg after a few runs), and PostgreSQL would otherwise plan the claim afresh for
+  every execution (a custom plan costs more than running it: ~0.8 ms against ~0.4 ms for a claim
+  of 10). The statements are written so that their one good plan is the only cheap one: rows
+  are reached through ``id = any(ARRAY(...))`` on the primary key;
+* both lanes turn off bitmap and sequential scans, and the claim lane sorts too, so that a
+  generic plan made on an empty table, or on statistics gone stale after a bulk enqueue, still
+  walks the partial claim index in order and stops after ``limit`` rows instead of sorting every
+  queued job, and a finish still looks its jobs up by primary key instead of scanning the table;
+* and JIT: those switches add a huge cost to the plans they discourage, which would otherwise
+  push the plan over ``jit_above_cost`` and compile it at every execution (~100-600 ms).
+
+On asyncpg the autocommit lanes (claims, finishes) run their statements as asyncpg prepared
+statements (:mod:`pgq_sa._worker.driver_path`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pgq_sa._ops.drive import Operation, T, run_async, run_sync
+from pgq_sa._worker import driver_path
+
+if TYPE_CHECKING:
+    from pgq_sa._worker.options import WorkerOptions
+
+# Session settings of the lanes, as (name, value); each is RESET when the lane closes.
+FINISH_SESSION = (
+    ("plan_cache_mode", "force_generic_plan"),
+    ("jit", "off"),
+    ("enable_bitmapscan", "off"),
+    ("enable_seqscan", "off"),
+)
+CLAIM_SESSION = (*FINISH_SESSION, ("enable_sort", "off"))
+Settings = Sequence[tuple[str, str]]
+
+
+class SyncLane:
+    """One component's connection, kept between its operations (each in a transaction of its
+    own when ``transactional``)."""
+
+    def __init__(self, engine: Engine, setup: Settings, *, transactional: bool = False) -> None:
+        self._engine = engine
+        self._setup = tuple(setup)
+        self._transactional = transactional
+        self._connection: Connection | None = None
+
+    def run(self, operation: Operation[T]) -> T:
+        if self._connection is None:
+            connection = self._engine.connect()
+            try:
+                for name, value in self._setup:
+                    connection.exec_driver_sql(f"SET {name} = {value}")
+                if connection.in_transaction():
+                    connection.commit()  # session settings outlive it
+            except BaseException:
+                connection.invalidate()
+                connection.close()
+                raise
+            self._connection = connection
+        try:
+            if self._transactional:
+                with self._connection.begin():
+                    return run_sync(self._connection, operation)
+            return run_sync(self._connection, operation)
+        except BaseException:
+            self.close(broken=True)
+            raise
+
+    def close(self, *, broken: bool = False) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if broken:
+                connection.invalidate()
+            else:
+                for name, _ in self._setup:
+                    connection.exec_driver_sql(f"RESET {name}")
+                if connection.in_transaction():
+                    connection.commit()
+        except Exception:
+            connection.invalidate()
+        finally:
+            connection.close()
+
+
+class AsyncLane:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        setup: Settings,
+        *,
+        transactional: bool = False,
+        compiled: driver_path.StatementCache | None = None,
+    ) -> None:
+        self._engine = engine
+        self._setup = tuple(setup)
+        self._transactional = transactional
+        self._statements = compiled  # autocommit lanes on asyncpg: see workers/driver_path.py
+        self._connection: AsyncConnection | None = None
+        self._driver: driver_path.PreparedConnection | None = None
+
+    async def run(self, operation: Operation[T]) -> T:
+        if self._connection is None:
+            self._driver = None
+            connection = await self._engine.connect()
+            try:
+                for name, value in self._setup:
+                    await connection.exec_driver_sql(f"SET {name} = {value}")
+                if connection.in_transaction():
+                    await connection.commit()  # session settings outlive it
+            except BaseException:
+                await connection.invalidate()
+                await connection.close()
+                raise
+            self._connection = connection
+            if self._statements is not None and not self._transactional:
+                self._driver = driver_path.PreparedConnection(connection, self._statements)
+        try:
+            if self._transactional:
+                async with self._connection.begin():
+                    return await run_async(self._connection, operation)
+            if self._driver is not None:
+                return await self._driver.run(operation)
+            return await run_async(self._connection, operation)
+        except BaseException:
+            await self.close(broken=True)
+            raise
+
+    async def close(self, *, broken: bool = False) -> None:
+        connection, self._connection = self._connection, None
+        self._driver = None
+        if connection is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                if broken:
+                    await connection.invalidate()
+                else:
+                    for name, _ in self._setup:
+                        await connection.exec_driver_sql(f"RESET {name}")
+                    if connection.in_transaction():
+                        await connection.commit()
+            except Exception:
+                await connection.invalidate()
+            finally:
+                await connection.close()
+
+
+class ThreadedLane:
+    def __init__(self, lane: SyncLane, limiter: anyio.CapacityLimiter) -> None:
+        self._lane = lane
+        self._limiter = limiter
+
+    async def run(self, operation: Operation[T]) -> T:
+        return await anyio.to_thread.run_sync(self._lane.run, operation, limiter=self._limiter)
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._lane.close, limiter=self._limiter)
+
+
+class SyncDatabase:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.transactional_engine = engine
+        self.url = engine.url
+
+    def run(self, operation: Operation[T]) -> T:
+        with self.engine.connect() as connection:
+            return run_sync(connection, operation)
+
+    def lane(self, setup: Settings = (), *, transactional: bool = False) -> SyncLane:
+        if transactional:
+            return SyncLane(self.transactional_engine, setup, transactional=True)
+        return SyncLane(self.engine, setup)
+
+
+class AsyncioDatabase:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.transactional_engine = engine
+        self.url = engine.url
+        dialect = engine.dialect
+        supported = driver_path.supported(dialect)
+        self._compiled = driver_path.StatementCache(dialect) if supported else None
+
+    async def run(self, operation: Operation[T]) -> T:
+        async with self.engine.connect() as connection:
+            return await run_async(connection, operation)
+
+    def lane(self, setup: Settings = (), *, transactional: bool = False) -> AsyncLane:
+        if transactional:
+            return AsyncLane(self.transactional_engine, setup, transactional=True)
+        return AsyncLane(self.engine, setup, compiled=self._compiled)
+
+
+class ThreadedDatabase:
+    def __init__(self, engine: Engine, threads: int = 6) -> None:
+        self._sync = SyncDatabase(engine)
+        self.transactional_engine = engine
+        self._limiter = anyio.CapacityLimiter(threads)
+        self.url = engine.url
+
+    async def run(self, operation: Operation[T]) -> T:
+        return await anyio.to_thread.run_sync(self._sync.run, operation, limiter=self._limiter)
+
+    def lane(self, setup: Settings = (), *, transactional: bool = False) -> ThreadedLane:
+        return ThreadedLane(self._sync.lane(setup, transactional=transactional), self._limiter)
+
+
+AsyncDatabase = AsyncioDatabase | ThreadedDatabase
+LaneT = TypeVar("LaneT")
+MAX_FETCHERS = 8
+
+
+@dataclass(frozen=True)
+class FetchLanes(Generic[LaneT]):
+    """The two connections of one fetcher: plain claims, and claims of limited tasks."""
+
+    claim: LaneT
+    limited: LaneT
+
+
+def fetcher_count(options: WorkerOptions) -> int:
+    """How many fetchers claim at once: enough to fill the handler slots a batch at a time
+    (overlapping claims share commit flushes), at most ``MAX_FETCHERS``."""
+    return max(1, min(MAX_FETCHERS, -(-options.capacity // options.batch_size)))

@@ -1,0 +1,135 @@
+"""LISTEN/NOTIFY for workers and waiters: one dedicated connection, decoded messages.
+
+The connection is a plain psycopg connection in autocommit mode; reading is split from waiting so
+the thread worker waits with ``select`` and the async worker with ``anyio.wait_readable`` (asyncio
+and trio alike), while both decode the same messages. Notifications are hints: whoever listens
+also polls, and after a reconnect treats the silence as "something may have happened".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import select
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import anyio
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import URL
+
+from pgq_sa._config import sync_url
+
+log = logging.getLogger("pgq_sa.listener")
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded notification: a wake-up for some tasks, a cancellation, or finished jobs."""
+
+    channel: str
+    reason: str
+    tasks: frozenset[str] | None = None
+    job_id: int | None = None
+    finished_ids: frozenset[int] | None = None
+    run_at: float | None = None
+
+    def concerns(self, tasks: Iterable[str]) -> bool:
+        """Does this wake-up name any of ``tasks`` (or everything)?"""
+        return self.tasks is None or not self.tasks.isdisjoint(tasks)
+
+
+def decode(channel: str, payload: str) -> Message:
+    """Decode one notification; malformed payloads become a wake-up for everything."""
+    try:
+        data = json.loads(payload) if payload else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    reason = str(data.get("reason") or ("finished" if "ids" in data else "enqueued"))
+    if reason == "cancel" and isinstance(data.get("id"), int):
+        return Message(channel, "cancel", job_id=data["id"])
+    if "ids" in data:
+        ids = data["ids"]
+        finished = (
+            frozenset(i for i in ids if isinstance(i, int)) if isinstance(ids, list) else None
+        )
+        return Message(channel, "finished", finished_ids=finished)
+    tasks = data.get("tasks")
+    run_at = data.get("run_at")
+    return Message(
+        channel,
+        reason,
+        tasks=frozenset(t for t in tasks if isinstance(t, str))
+        if isinstance(tasks, list)
+        else None,
+        run_at=float(run_at) if isinstance(run_at, (int, float)) else None,
+    )
+
+
+def conninfo(url: str | URL) -> str:
+    """A libpq connection string for ``url`` (any SQLAlchemy PostgreSQL URL)."""
+    return sync_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class ListenConnection:
+    """A connection that LISTENs on ``channels``; ``read`` returns what has arrived."""
+
+    def __init__(self, url: str | URL, channels: Iterable[str]) -> None:
+        self._conninfo = conninfo(url)
+        self._channels = tuple(channels)
+        self._connection: psycopg.Connection[tuple[object, ...]] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.closed
+
+    def connect(self) -> None:
+        """(Re)connect and LISTEN on every channel."""
+        self.close()
+        connection = psycopg.connect(self._conninfo, autocommit=True)
+        try:
+            for channel in self._channels:
+                connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def fileno(self) -> int:
+        if self._connection is None:
+            raise psycopg.OperationalError("the listen connection is not open")
+        return self._connection.fileno()
+
+    def read(self) -> list[Message]:
+        """Consume what the server sent; raises ``psycopg.OperationalError`` if the link broke."""
+        connection = self._connection
+        if connection is None:
+            raise psycopg.OperationalError("the listen connection is not open")
+        pgconn = connection.pgconn
+        pgconn.consume_input()  # raises psycopg.OperationalError when the link is broken
+        messages = []
+        while (notify := pgconn.notifies()) is not None:
+            messages.append(decode(notify.relname.decode(), notify.extra.decode(errors="replace")))
+        return messages
+
+    def wait(self, timeout: float) -> list[Message]:
+        """Block up to ``timeout`` seconds for notifications (threads)."""
+        ready, _, _ = select.select([self.fileno()], [], [], max(timeout, 0))
+        return self.read() if ready else []
+
+    async def wait_async(self, timeout: float) -> list[Message]:
+        """Wait up to ``timeout`` seconds for notifications (asyncio or trio)."""
+        with anyio.move_on_after(max(timeout, 0)):
+            await anyio.wait_readable(self.fileno())
+            return self.read()
+        return []
+
+    def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._connection.close()
+            self._connection = None

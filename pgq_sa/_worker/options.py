@@ -1,0 +1,96 @@
+"""Worker settings shared by both workers, validated before anything connects."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pgq_sa import _validation as validation
+from pgq_sa._queue import Queue
+from pgq_sa._tasks import TaskDefinition
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker claims, heartbeats and shuts down."""
+
+    capacity: int
+    batch_size: int
+    queues: tuple[str, ...] | None
+    heartbeat_interval: float
+    lease_timeout: float
+    poll_interval: float
+    shutdown_timeout: float
+    tasks: dict[str, TaskDefinition]
+
+    @property
+    def task_names(self) -> list[str]:
+        return sorted(self.tasks)
+
+    @property
+    def limited_tasks(self) -> list[str]:
+        """Tasks with a cluster-wide concurrency or rate limit: claimed under their limit rows."""
+        return sorted(n for n, d in self.tasks.items() if d.concurrency or d.rate_limit)
+
+    @property
+    def free_tasks(self) -> list[str]:
+        return sorted(set(self.tasks) - set(self.limited_tasks))
+
+    @property
+    def pacing(self) -> float | None:
+        """How soon to claim again after a rate-limited claim took jobs: the tightest spacing."""
+        spacings = [
+            d.rate_limit.period / d.rate_limit.count for d in self.tasks.values() if d.rate_limit
+        ]
+        return min(spacings) if spacings else None
+
+
+def worker_options(
+    queue: Queue,
+    *,
+    capacity: object,
+    capacity_name: str,
+    batch_size: object,
+    queues: Iterable[str] | None,
+    heartbeat_interval: object,
+    lease_timeout: object,
+    poll_interval: object,
+    shutdown_timeout: object,
+) -> WorkerOptions:
+    if not isinstance(queue, Queue):
+        raise TypeError(f"the first argument must be a pgq_sa.Queue, got {type(queue).__name__}")
+    if not queue.tasks:
+        raise ValueError("the queue has no tasks: register handlers with @queue.task(...) first")
+    size = validation._integer(capacity, capacity_name)
+    if size < 1:
+        raise ValueError(f"{capacity_name} must be 1 or more, got {size}")
+    if batch_size is None:
+        batch = min(size, 100)
+    else:
+        batch = validation._integer(batch_size, "batch_size")
+        if batch < 1:
+            raise ValueError(f"batch_size must be 1 or more, got {batch}")
+    names: tuple[str, ...] | None = None
+    if queues is not None:
+        if isinstance(queues, str):
+            raise TypeError("queues must be a list of queue names, not a str")
+        names = tuple(validation.queue_name(name) for name in queues)
+        if not names:
+            raise ValueError("queues must name at least one queue (or be None for all queues)")
+    heartbeat = validation.seconds(heartbeat_interval, "heartbeat_interval", allow_zero=False)
+    lease = validation.seconds(lease_timeout, "lease_timeout", allow_zero=False)
+    if lease < 2 * heartbeat:
+        raise ValueError(
+            f"lease_timeout ({lease:g}s) must be at least twice heartbeat_interval "
+            f"({heartbeat:g}s), or live workers would look dead"
+        )
+    return WorkerOptions(
+        capacity=size,
+        batch_size=batch,
+        queues=names,
+        heartbeat_interval=heartbeat,
+        lease_timeout=lease,
+        poll_interval=validation.seconds(poll_interval, "poll_interval", allow_zero=False),
+        shutdown_timeout=validation.seconds(shutdown_timeout, "shutdown_timeout"),
+        tasks=queue.tasks,
+    )

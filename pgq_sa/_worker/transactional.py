@@ -1,0 +1,327 @@
+"""Transactional tasks: a handler's database effects and its job's completion commit together.
+
+For a task declared with ``transactional=True`` the worker opens a transaction on a connection of
+its engine, hands it to the handler as ``job.connection``, and when the handler succeeds writes
+the job's completion with the lease-guarded ``finish`` statement *inside that transaction*. If the
+guard matches nothing (the lease was lost: the job was rescued, handed back or finished
+elsewhere) the transaction is rolled back, so the late attempt's effects are discarded. Any other
+outcome (an exception, ``Retry``, a timeout, a cancellation) rolls back too and is recorded by the
+worker's completer as usual. An outcome this module wrote is marked ``written``, so the completer
+only does its bookkeeping for it.
+
+A transactional job holds one pooled connection while its handler runs. When job connections
+share the worker's pool, at most the pool's size minus what the worker's own components need run
+at once (the others wait for a connection), so heartbeats and claims are never starved.
+
+Non-transactional tasks pass straight through to :mod:`.handlers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import Coroutine, Iterable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import Pool, QueuePool
+
+from pgq_sa import _decisions as decisions
+from pgq_sa._config import make_engine
+from pgq_sa._decisions import Outcome
+from pgq_sa._events import EventHub
+from pgq_sa._job import Job
+from pgq_sa._ops import worker as protocol
+from pgq_sa._ops.drive import run_async, run_sync
+from pgq_sa._sql import Statements
+from pgq_sa._tasks import TaskDefinition
+from pgq_sa._worker.handlers import run_async_handler, run_sync_handler
+from pgq_sa._worker.lanes import AsyncDatabase, AsyncioDatabase, fetcher_count
+from pgq_sa._worker.options import WorkerOptions
+
+log = logging.getLogger("pgq_sa.worker")
+
+# Connections a worker's own components may hold at once besides its fetch lanes: the finish
+# lane, heartbeat, maintenance, scheduler, the listener's catch-up read and a hand-back.
+_OWN_CONNECTIONS = 6
+
+
+class TransactionEnded(RuntimeError):
+    """The handler committed or rolled back ``job.connection`` itself."""
+
+
+def connection_slots(pool: Pool, options: WorkerOptions) -> int:
+    """How many transactional jobs may hold a connection of ``pool`` at once, leaving the worker's
+    own components theirs: the pool's size plus overflow, minus their need, at least one."""
+    if not isinstance(pool, QueuePool):
+        return options.capacity
+    overflow = int(getattr(pool, "_max_overflow", -1))
+    if overflow < 0:  # unlimited overflow
+        return options.capacity
+    reserved = 2 * fetcher_count(options) + _OWN_CONNECTIONS
+    return max(1, min(options.capacity, pool.size() + overflow - reserved))
+
+
+def _transactional(tasks: Iterable[TaskDefinition], *, is_async: bool) -> list[str]:
+    return sorted(d.name for d in tasks if d.transactional and d.is_async == is_async)
+
+
+def refuse_async(options: WorkerOptions, where: str) -> None:
+    """Raise before anything connects if ``async def`` transactional tasks cannot run here."""
+    names = _transactional(options.tasks.values(), is_async=True)
+    if names:
+        raise ValueError(
+            f"transactional async def tasks ({', '.join(names)}) need an AsyncConnection, which "
+            f"{where} cannot give them; run them on AsyncWorker under asyncio with a URL or an "
+            "AsyncEngine, or make their handlers plain def functions"
+        )
+
+
+def _failed_around(job: Job, error: Exception) -> Outcome:
+    """The transaction itself failed (connect, commit, the finish statement): the attempt fails
+    and is retried like any failure; whatever the handler wrote was not committed."""
+    log.warning("job %s attempt %s: its transaction failed (%s)", job.id, job.attempt, error)
+    return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+
+
+def _ended_by_handler(job: Job) -> Outcome:
+    error = TransactionEnded(
+        "the handler committed or rolled back job.connection itself; a transactional task must "
+        "leave that to the worker (use begin_nested() for savepoints)"
+    )
+    return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+
+
+def _lease_lost(job: Job, outcome: Outcome) -> Outcome:
+    log.warning(
+        "job %s attempt %s: lease lost; its transaction was rolled back, the handler's effects "
+        "discarded",
+        job.id,
+        job.attempt,
+    )
+    return dataclasses.replace(outcome, written=True)
+
+
+class SyncJobs:
+    """Run ``def`` handlers; transactional ones inside a transaction of ``engine``."""
+
+    def __init__(
+        self,
+        engine: Engine | None,
+        statements: Statements,
+        worker_id: uuid.UUID,
+        slots: int,
+        *,
+        owned: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._statements = statements
+        self._worker_id = worker_id
+        self._slots = threading.BoundedSemaphore(slots)
+        self._owned = owned
+
+    @classmethod
+    def for_engine(
+        cls, engine: Engine, options: WorkerOptions, statements: Statements, worker_id: uuid.UUID
+    ) -> SyncJobs:
+        """Job connections from the worker's own engine, capped to leave its components room."""
+        if not _transactional(options.tasks.values(), is_async=False):
+            return cls(None, statements, worker_id, 1)
+        slots = connection_slots(engine.pool, options)
+        if slots < options.capacity:
+            log.info(
+                "at most %d transactional jobs run at once: the engine's pool holds no more "
+                "connections beside the worker's own (enlarge pool_size to run more)",
+                slots,
+            )
+        return cls(engine, statements, worker_id, slots)
+
+    @classmethod
+    def with_own_engine(
+        cls, url: Any, options: WorkerOptions, statements: Statements, worker_id: uuid.UUID
+    ) -> SyncJobs:
+        """Job connections from a psycopg engine of their own (the async worker on asyncio)."""
+        if not _transactional(options.tasks.values(), is_async=False):
+            return cls(None, statements, worker_id, 1)
+        size = min(options.capacity, 5)
+        engine = make_engine(url, pool_size=size, max_overflow=options.capacity - size)
+        return cls(engine, statements, worker_id, options.capacity, owned=True)
+
+    def run(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None = None,
+        worker_id: uuid.UUID | None = None,
+    ) -> Outcome:
+        if not definition.transactional:
+            return run_sync_handler(definition, job, timeout, events, worker_id)
+        assert self._engine is not None
+        with self._slots:
+            try:
+                with self._engine.connect() as connection:
+                    return self._attempt(connection, definition, job, timeout, events)
+            except Exception as error:
+                return _failed_around(job, error)
+
+    def _attempt(
+        self,
+        connection: Connection,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None,
+    ) -> Outcome:
+        transaction = connection.begin()
+        job._connection = connection
+        try:
+            outcome = run_sync_handler(definition, job, timeout, events, self._worker_id)
+        finally:
+            job._connection = None
+        ended = outcome.state == "succeeded" and not transaction.is_active
+        if outcome.state != "succeeded" or ended:
+            _discard(connection)
+            return _ended_by_handler(job) if ended else outcome
+        finish = protocol.finish(self._statements, self._worker_id, [outcome])
+        if run_sync(connection, finish).lost:
+            transaction.rollback()
+            return _lease_lost(job, outcome)
+        transaction.commit()
+        return dataclasses.replace(outcome, written=True)
+
+    def close(self) -> None:
+        if self._owned and self._engine is not None:
+            self._engine.dispose()
+
+
+def _discard(connection: Connection) -> None:
+    """Roll back whatever transaction the connection is in; a broken one is invalidated."""
+    try:
+        connection.rollback()
+    except Exception:
+        connection.invalidate()
+
+
+class AsyncJobs:
+    """Run handlers on the async worker: ``async def`` ones on the loop (transactional ones in a
+    transaction of ``engine``), ``def`` ones through ``sync`` in worker threads."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine | None,
+        sync: SyncJobs,
+        statements: Statements,
+        worker_id: uuid.UUID,
+        slots: int,
+    ) -> None:
+        self._engine = engine
+        self.sync = sync
+        self._statements = statements
+        self._worker_id = worker_id
+        self._slots = anyio.Semaphore(slots)
+
+    @classmethod
+    def for_worker(
+        cls,
+        database: AsyncDatabase,
+        options: WorkerOptions,
+        statements: Statements,
+        worker_id: uuid.UUID,
+    ) -> AsyncJobs:
+        """The runners for an async worker on ``database``; refuses what cannot run there."""
+        if not isinstance(database, AsyncioDatabase):  # a sync Engine in threads
+            refuse_async(options, "the AsyncWorker on trio or given a sync Engine")
+            sync = SyncJobs.for_engine(
+                database.transactional_engine, options, statements, worker_id
+            )
+            return cls(None, sync, statements, worker_id, 1)
+        engine = database.transactional_engine
+        sync = SyncJobs.with_own_engine(database.url, options, statements, worker_id)
+        if not _transactional(options.tasks.values(), is_async=True):
+            return cls(None, sync, statements, worker_id, 1)
+        slots = connection_slots(engine.pool, options)
+        return cls(engine, sync, statements, worker_id, slots)
+
+    def run(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None = None,
+        worker_id: uuid.UUID | None = None,
+    ) -> Coroutine[Any, Any, Outcome]:
+        """The coroutine running the handler (the plain one for other tasks: no extra frame)."""
+        if not definition.transactional:
+            return run_async_handler(definition, job, timeout, events, worker_id)
+        return self._run(definition, job, timeout, events)
+
+    async def _run(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None = None,
+    ) -> Outcome:
+        assert self._engine is not None
+        async with self._slots:
+            try:
+                connection = await self._engine.connect()
+            except Exception as error:
+                return _failed_around(job, error)
+            try:
+                return await self._attempt(connection, definition, job, timeout, events)
+            except Exception as error:
+                return _failed_around(job, error)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await _close(connection)
+
+    async def _attempt(
+        self,
+        connection: AsyncConnection,
+        definition: TaskDefinition,
+        job: Job,
+        timeout: float | None,
+        events: EventHub | None,
+    ) -> Outcome:
+        transaction = await connection.begin()
+        job._connection = connection
+        try:
+            outcome = await run_async_handler(definition, job, timeout, events, self._worker_id)
+        finally:
+            job._connection = None
+        with anyio.CancelScope(shield=True):  # finish and commit (or roll back) as one
+            ended = outcome.state == "succeeded" and not transaction.is_active
+            if outcome.state != "succeeded" or ended:
+                await _discard_async(connection)
+                return _ended_by_handler(job) if ended else outcome
+            finish = protocol.finish(self._statements, self._worker_id, [outcome])
+            if (await run_async(connection, finish)).lost:
+                await transaction.rollback()
+                return _lease_lost(job, outcome)
+            await transaction.commit()
+        return dataclasses.replace(outcome, written=True)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.sync.close)
+
+
+async def _discard_async(connection: AsyncConnection) -> None:
+    try:
+        await connection.rollback()
+    except Exception:
+        await connection.invalidate()
+
+
+async def _close(connection: AsyncConnection) -> None:
+    try:
+        await connection.close()
+    except Exception:
+        await connection.invalidate()
