@@ -3,7 +3,7 @@
 ``pgq-sa status``, ``jobs list``, ``workers`` and the dashboard render these; a metrics exporter
 can reuse them (:func:`task_backlog` is the cheap per-queue/task gauge source). Each function is
 an operation generator (see :mod:`pgq_sa._ops.drive`) over the read-only statements of
-:class:`pgq_sa._sql.MonitoringStatements`, so it runs on a sync or an async bind alike.
+:class:`pgq_sa._sql.monitoring.MonitoringStatements`, so it runs on a sync or an async bind alike.
 Ages are measured against the database's clock, never the caller's.
 """
 

@@ -12,7 +12,7 @@ Three roles, from most to least trusted (see docs/security.md):
 
 LISTEN and ``pg_notify`` need no privilege, and the NOTIFY trigger runs as whoever inserts, so
 producers wake workers without further grants. The plan below is data; the statements are built
-by :class:`pgq_sa._sql.Grant` from the queue's Core tables, identifiers quoted.
+by :class:`pgq_sa._sql.grants.Grant` from the queue's Core tables, identifiers quoted.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._ops.drive import Operation, run_async, run_sync
 from pgq_sa._schema import DEFAULT_SCHEMA, QueueTables, build_tables
-from pgq_sa._sql import INSERTED_COLUMNS, Grant, jobs_id_sequence
+from pgq_sa._sql.grants import Grant, jobs_id_sequence
+from pgq_sa._sql.shared import INSERTED_COLUMNS
 
 # (table, privilege, columns) per role; "()" means the whole table.
 _ALL_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")

@@ -21,7 +21,8 @@ from pgq_sa._decisions import Outcome, finish_parameters
 from pgq_sa._events import EventHub, rescued
 from pgq_sa._job import Job
 from pgq_sa._ops.drive import Operation
-from pgq_sa._sql import CLAIMED_COLUMNS, Statements
+from pgq_sa._sql import Statements
+from pgq_sa._sql.shared import CLAIMED_COLUMNS
 from pgq_sa._tasks import TaskDefinition
 
 log = logging.getLogger("pgq_sa.worker")

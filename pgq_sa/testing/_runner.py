@@ -28,7 +28,8 @@ from pgq_sa._ops.drive import Operation, run_async, run_sync
 from pgq_sa._ops.worker import Claimed, Identity
 from pgq_sa._queue import Queue
 from pgq_sa._schema import JobStatus
-from pgq_sa._sql import Statements, make_due
+from pgq_sa._sql import Statements
+from pgq_sa._sql.testing import make_due
 from pgq_sa._tasks import TaskDefinition
 from pgq_sa._worker.handlers import run_async_handler, run_sync_handler
 

@@ -1,0 +1,169 @@
+"""Writing the outcomes of attempts under their leases, alone or together with the next claim."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    Text,
+    bindparam,
+    column,
+    text,
+)
+from sqlalchemy.sql.expression import Executable
+
+from pgq_sa._schema import QueueTables, finished_channel
+from pgq_sa._sql.shared import CLAIMED_COLUMNS, announce_finished_sql, claimed_sql, claimed_types
+
+_FINISH_CTES = """
+v AS (
+    SELECT t.id::bigint AS id, t.attempt::integer AS attempt, t.outcome,
+           t.delay::double precision AS delay,
+           nullif(t.result, 'null'::jsonb) AS result, nullif(t.error, 'null'::jsonb) AS error
+      FROM ROWS FROM (
+             json_array_elements_text(CAST(:ids AS json)),
+             json_array_elements_text(CAST(:attempts AS json)),
+             json_array_elements_text(CAST(:outcomes AS json)),
+             json_array_elements_text(CAST(:delays AS json)),
+             jsonb_array_elements(CAST(:results AS jsonb)),
+             jsonb_array_elements(CAST(:errors AS jsonb))
+           ) AS t(id, attempt, outcome, delay, result, error)
+),
+done AS (
+    UPDATE "{s}".jobs AS j
+       SET state = (CASE WHEN v.outcome = 'queued' AND j.cancel_requested THEN 'cancelled'
+                         ELSE v.outcome END)::"{s}".job_state,
+           run_at = CASE WHEN v.outcome = 'queued'
+                         THEN now() + coalesce(v.delay, 0) * interval '1 second'
+                         ELSE j.run_at END,
+           finished_at = CASE WHEN v.outcome = 'queued' AND NOT j.cancel_requested
+                              THEN NULL ELSE now() END,
+           worker_id = CASE WHEN v.outcome = 'queued' AND NOT j.cancel_requested
+                            THEN NULL ELSE j.worker_id END,
+           result = v.result,
+           error = coalesce(v.error, j.error)
+      FROM v
+     WHERE j.id = any(ARRAY(SELECT v.id FROM v)) AND j.id = v.id AND j.attempt = v.attempt
+       AND (j.worker_id = :worker_id AND j.state = 'running') IS TRUE
+    RETURNING j.id, j.state, j.run_at, j.awaited
+),
+notified AS ({announce_done}
+)"""
+
+
+def finish_ctes(s: str) -> str:
+    """``_FINISH_CTES`` for schema ``s``."""
+    return _FINISH_CTES.format(
+        s=s, announce_done=announce_finished_sql(finished_channel(s), "done")
+    )
+
+
+_FINISH_PARAMETERS = ("ids", "attempts", "outcomes", "delays", "results", "errors")
+
+
+def finish(tables: QueueTables) -> Executable:
+    """Record many outcomes at once: succeeded, failed, or queued again for a retry.
+
+    Every row is guarded by its lease (job id + this worker + the attempt it claimed, still
+    running): an outcome whose lease was lost matches nothing and is left out of the result. A
+    retry of a job whose cancellation was requested ends ``cancelled`` instead. Finished ids are
+    announced with one NOTIFY so ``Queue.wait`` wakes.
+    """
+    s = tables.schema
+    ctes = finish_ctes(s)
+    return (
+        text(
+            f"""
+WITH {ctes}
+SELECT done.id, done.state::text AS state, done.run_at,
+       (SELECT count(*) FROM notified) AS notices
+  FROM done
+"""
+        )
+        .bindparams(
+            bindparam("worker_id", type_=tables.jobs.c.worker_id.type),
+            *(bindparam(name, type_=Text) for name in _FINISH_PARAMETERS),
+        )
+        .columns(
+            column("id", BigInteger),
+            column("state", Text),
+            column("run_at", DateTime(timezone=True)),
+            column("notices", BigInteger),
+        )
+    )
+
+
+def finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
+    """``finish`` and ``claim`` in one statement: one round trip and one commit per batch.
+
+    The outcomes are written exactly as ``finish`` writes them (same leases, same NOTIFY) and the
+    next jobs are leased exactly as ``claim`` leases them. Every part of one statement sees the
+    same snapshot, so a job this statement queues again for a retry is not claimed by it (it was
+    still running in the snapshot); the two parts touch disjoint rows. Rows come back tagged:
+    ``claimed`` true for a leased job (the claim's columns), and one last row with ``claimed``
+    false that sums up the outcomes written (``written_ids`` and ``written_states``, or NULL when
+    none were; the earliest ``next_run_at`` of a retry; ``notices``): one row, not one per
+    outcome, for the driver to decode.
+
+    ``picked`` reads ``done`` (an always-true count, evaluated once before its scan) so that the
+    outcomes are written before any queued row is locked. ``FOR UPDATE`` in READ COMMITTED may
+    keep a lock on a row it then skips (claimed meanwhile by another statement, so possibly a
+    row whose outcome another statement is writing); a statement that could wait in ``done``
+    while holding such locks could deadlock with another doing the same (seen once in a
+    million jobs before this ordering). With ``done`` first, a statement waits only while it
+    holds no claim locks, and the claim part never waits (SKIP LOCKED, its own rows).
+    """
+    s = tables.schema
+    jobs = tables.jobs
+    ctes = finish_ctes(s)
+    in_queue = "\n       AND c.queue = any(:queues)" if in_queues else ""
+    statement = text(
+        f"""
+WITH {ctes},
+picked AS (
+    SELECT c.id
+      FROM "{s}".jobs AS c
+     WHERE c.state = 'queued' AND c.run_at <= now() AND c.task = any(:tasks)
+       AND (c.queue NOT IN (SELECT q.name FROM "{s}".queues AS q WHERE q.paused)){in_queue}
+       AND (SELECT count(*) FROM done) >= 0
+     ORDER BY c.priority DESC, c.run_at, c.id
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE "{s}".jobs AS c
+       SET state = 'running', attempt = c.attempt + 1, started_at = now(),
+           worker_id = :worker_id
+     WHERE c.id = any(ARRAY(SELECT picked.id FROM picked))
+    RETURNING {claimed_sql("c")}
+)
+SELECT true AS claimed, {", ".join(CLAIMED_COLUMNS)},
+       NULL::bigint[] AS written_ids, NULL::text[] AS written_states,
+       NULL::timestamptz AS next_run_at, NULL::bigint AS notices
+  FROM claimed
+UNION ALL
+SELECT false, {", ".join(["NULL"] * len(CLAIMED_COLUMNS))},
+       array_agg(done.id), array_agg(done.state::text),
+       min(done.run_at) FILTER (WHERE done.state = 'queued'), (SELECT count(*) FROM notified)
+  FROM done
+"""
+    )
+    parameters = [
+        bindparam("worker_id", type_=jobs.c.worker_id.type),
+        bindparam("tasks", type_=ARRAY(Text)),
+        bindparam("limit", type_=Integer),
+        *(bindparam(name, type_=Text) for name in _FINISH_PARAMETERS),
+    ]
+    if in_queues:
+        parameters.append(bindparam("queues", type_=ARRAY(Text)))
+    return statement.bindparams(*parameters).columns(
+        column("claimed", Boolean),
+        *claimed_types(tables),
+        column("written_ids", ARRAY(BigInteger)),
+        column("written_states", ARRAY(Text)),
+        column("next_run_at", DateTime(timezone=True)),
+        column("notices", BigInteger),
+    )

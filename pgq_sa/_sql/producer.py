@@ -1,0 +1,310 @@
+"""What producers and operators run on jobs: the bulk enqueue, reads, cancel, retry, pause."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    BigInteger,
+    DateTime,
+    Integer,
+    Select,
+    SmallInteger,
+    Text,
+    and_,
+    bindparam,
+    case,
+    column,
+    false,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by, insert
+from sqlalchemy.sql.expression import Executable
+
+from pgq_sa._schema import QueueTables
+from pgq_sa._sql.shared import (
+    INSERTED_COLUMNS,
+    LIVE_PREDICATE,
+    announce_finished,
+    in_states,
+    live_states,
+    notify,
+    wake_message,
+)
+
+ENQUEUE_COLUMNS = (
+    "task",
+    "queue",
+    "payload",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "delay",
+    "dedupe_key",
+    "meta",
+)
+_ENQUEUE_SOURCE = """
+SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
+       nullif(t.payload, 'null'::jsonb) AS payload,
+       t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
+       coalesce(t.run_at::timestamptz,
+                now() + t.delay::double precision * interval '1 second') AS run_at,
+       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta
+  FROM ROWS FROM (
+         json_array_elements_text(CAST(:task AS json)),
+         json_array_elements_text(CAST(:queue AS json)),
+         jsonb_array_elements(CAST(:payload AS jsonb)),
+         json_array_elements_text(CAST(:priority AS json)),
+         json_array_elements_text(CAST(:max_attempts AS json)),
+         json_array_elements_text(CAST(:run_at AS json)),
+         json_array_elements_text(CAST(:delay AS json)),
+         json_array_elements_text(CAST(:dedupe_key AS json)),
+         jsonb_array_elements(CAST(:meta AS jsonb))
+       ) WITH ORDINALITY AS t(task, queue, payload, priority, max_attempts, run_at, delay,
+                              dedupe_key, meta, ord)
+"""
+
+
+def enqueue(tables: QueueTables) -> Executable:
+    """Insert any number of jobs in one statement from parallel arrays (``unnest``).
+
+    Ids are drawn from the sequence up front so each input row (by ordinality) can be matched to
+    its id; a row whose dedupe key is already held by a live job is skipped by ``ON CONFLICT`` and
+    comes back with ``created = false`` so the caller can look the holder up.
+    """
+    jobs = tables.jobs
+    source = (
+        text(_ENQUEUE_SOURCE.format(schema=tables.schema))
+        .bindparams(*(bindparam(name, type_=Text) for name in ENQUEUE_COLUMNS))
+        .columns(
+            column("id", BigInteger),
+            column("ord", BigInteger),
+            column("task", Text),
+            column("queue", Text),
+            column("payload", JSONB),
+            column("priority", SmallInteger),
+            column("max_attempts", Integer),
+            column("run_at", DateTime(timezone=True)),
+            column("dedupe_key", Text),
+            column("meta", JSONB),
+        )
+        .cte("input")
+    )
+    inserted = (
+        insert(jobs)
+        .from_select(list(INSERTED_COLUMNS), select(*(source.c[name] for name in INSERTED_COLUMNS)))
+        .on_conflict_do_nothing(
+            index_elements=[jobs.c.dedupe_key], index_where=text(LIVE_PREDICATE)
+        )
+        .returning(jobs.c.id)
+        .cte("inserted")
+    )
+    created = or_(source.c.dedupe_key.is_(None), source.c.id.in_(select(inserted.c.id)))
+    return select(
+        func.json_agg(aggregate_order_by(source.c.id, source.c.ord), type_=JSON).label("ids"),
+        func.json_agg(source.c.ord, type_=JSON).filter(~created).label("skipped"),
+    )
+
+
+def live_ids_by_dedupe_key(tables: QueueTables) -> Executable:
+    jobs = tables.jobs
+    return select(jobs.c.dedupe_key, jobs.c.id).where(
+        jobs.c.dedupe_key == func.any(bindparam("keys", type_=ARRAY(Text))),
+        in_states(jobs.c.state, "queued", "running"),
+    )
+
+
+def job_columns(tables: QueueTables) -> Select[tuple[object, ...]]:
+    jobs = tables.jobs
+    return select(
+        jobs.c.id,
+        jobs.c.task,
+        jobs.c.queue,
+        jobs.c.state,
+        jobs.c.attempt,
+        jobs.c.max_attempts,
+        jobs.c.priority,
+        jobs.c.payload,
+        jobs.c.result,
+        jobs.c.error,
+        jobs.c.created_at,
+        jobs.c.started_at,
+        jobs.c.finished_at,
+        jobs.c.run_at,
+        jobs.c.dedupe_key,
+        jobs.c.cancel_requested,
+        jobs.c.scheduled_at,
+    )
+
+
+def get_job(tables: QueueTables) -> Executable:
+    return job_columns(tables).where(tables.jobs.c.id == bindparam("job_id"))
+
+
+def mark_awaited(tables: QueueTables) -> Executable:
+    """Ask for a NOTIFY when an unfinished job finishes (``Queue.wait``).
+
+    The UPDATE takes the row lock, so it runs before or after any statement finishing the job,
+    never beside it: either that statement sees the flag and announces the job, or the job is
+    already finished when the waiter reads it next.
+    A queued job is announced to the workers again (a wake-up for its task): a claim that ran
+    while this UPDATE held the row skipped it, and its enqueue's NOTIFY is spent.
+    """
+    jobs = tables.jobs
+    queued = in_states(jobs.c.state, "queued")
+    wake = case(
+        (queued, notify(tables, wake_message("awaited", func.json_build_array(jobs.c.task)))),
+        else_=None,
+    )
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            in_states(jobs.c.state, "queued", "running"),
+            jobs.c.awaited.is_(false()),
+        )
+        .values(awaited=True)
+        .returning(jobs.c.id, wake)
+    )
+
+
+def cancel_queued(tables: QueueTables) -> Executable:
+    jobs = tables.jobs
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("job_id"), in_states(jobs.c.state, "queued"))
+        .values(state="cancelled", finished_at=func.now(), cancel_requested=True)
+        .returning(jobs.c.id, announce_finished(tables, jobs))
+    )
+
+
+def cancel_running(tables: QueueTables) -> Executable:
+    """Flag a running job for cancellation and tell its worker at commit."""
+    jobs = tables.jobs
+    message = func.json_build_object("reason", "cancel", "id", jobs.c.id).cast(Text)
+    return (
+        update(jobs)
+        .where(jobs.c.id == bindparam("job_id"), in_states(jobs.c.state, "running"))
+        .values(cancel_requested=True)
+        .returning(jobs.c.id, notify(tables, message))
+    )
+
+
+def retry_finished(tables: QueueTables) -> Executable:
+    """Queue a failed or cancelled job again, now, with at least one attempt left.
+
+    Refused (no row) when another live job holds the same dedupe key.
+    """
+    jobs = tables.jobs
+    holder = jobs.alias("holder")
+    key_is_free = ~(
+        select(holder.c.id)
+        .where(
+            holder.c.dedupe_key == jobs.c.dedupe_key,
+            in_states(holder.c.state, "queued", "running"),
+        )
+        .exists()
+    )
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            in_states(jobs.c.state, "failed", "cancelled"),
+            case((jobs.c.dedupe_key.is_(None), true()), else_=key_is_free),
+        )
+        .values(
+            state="queued",
+            run_at=func.now(),
+            finished_at=None,
+            started_at=None,
+            cancel_requested=False,
+            worker_id=None,
+            max_attempts=func.greatest(jobs.c.max_attempts, jobs.c.attempt + 1),
+        )
+        .returning(
+            jobs.c.id,
+            notify(tables, wake_message("retry", func.json_build_array(jobs.c.task))),
+        )
+    )
+
+
+def set_paused(tables: QueueTables) -> Executable:
+    queues = tables.queues
+    paused = bindparam("paused", type_=queues.c.paused.type)
+    statement = insert(queues).values(
+        name=bindparam("name"),
+        paused=paused,
+        paused_at=case((paused, func.now()), else_=None),
+        updated_at=func.now(),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[queues.c.name],
+        set_={
+            "paused": statement.excluded.paused,
+            "paused_at": case(
+                (and_(statement.excluded.paused, ~queues.c.paused), func.now()),
+                (statement.excluded.paused, queues.c.paused_at),
+                else_=None,
+            ),
+            "updated_at": func.now(),
+        },
+    ).returning(
+        queues.c.name,
+        case((queues.c.paused, None), else_=notify(tables, wake_message("resume"))),
+    )
+
+
+def list_queues(tables: QueueTables) -> Executable:
+    """Every queue that has live jobs or a stored setting, with its pause state and backlog."""
+    jobs, queues = tables.jobs, tables.queues
+    live = (
+        select(
+            jobs.c.queue,
+            func.count().filter(in_states(jobs.c.state, "queued")).label("queued"),
+            func.count().filter(in_states(jobs.c.state, "running")).label("running"),
+        )
+        .where(live_states(jobs.c.state))
+        .group_by(jobs.c.queue)
+        .subquery("live")
+    )
+    name = func.coalesce(queues.c.name, live.c.queue).label("name")
+    return (
+        select(
+            name,
+            func.coalesce(queues.c.paused, false()).label("paused"),
+            queues.c.paused_at,
+            func.coalesce(live.c.queued, 0).label("queued"),
+            func.coalesce(live.c.running, 0).label("running"),
+        )
+        .select_from(live.join(queues, queues.c.name == live.c.queue, full=True))
+        .order_by(name)
+    )
+
+
+def live_job_counts(tables: QueueTables) -> Executable:
+    """Live jobs per queue, task and state, how many queued ones are due, and how long the
+    oldest due one has waited (seconds): the queue-depth gauges, read at scrape time."""
+    jobs = tables.jobs
+    due = and_(in_states(jobs.c.state, "queued"), jobs.c.run_at <= func.now())
+    oldest = func.min(jobs.c.run_at).filter(due)
+    return (
+        select(
+            jobs.c.queue,
+            jobs.c.task,
+            jobs.c.state,
+            func.count().label("jobs"),
+            func.count().filter(due).label("due"),
+            func.coalesce(func.extract("epoch", func.now() - oldest), 0).label("oldest_due_age"),
+        )
+        .where(in_states(jobs.c.state, "queued", "running"))
+        .group_by(jobs.c.queue, jobs.c.task, jobs.c.state)
+        .order_by(jobs.c.queue, jobs.c.task, jobs.c.state)
+    )
+
+
+# --- workers -----------------------------------------------------------------------------------
