@@ -48,15 +48,19 @@ PRIORITY_MIN = -32768
 PRIORITY_MAX = 32767
 MAX_ATTEMPTS_LIMIT = 1000
 VERSION_TABLE = "pgq_sa_version"
+# Every state but ``waiting``, for predicates that must not name it (see step 0004).
+NOT_WAITING = "('queued', 'running', 'succeeded', 'failed', 'cancelled')"
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _RESERVED_SCHEMAS = frozenset({"public", "information_schema"})
 
 
 class JobStatus(str, enum.Enum):
-    """The state of a job. ``queued -> running -> succeeded | failed | cancelled``."""
+    """The state of a job. ``queued -> running -> succeeded | failed | cancelled``; a workflow
+    step is ``waiting`` until every step it depends on has finished."""
 
     queued = "queued"
+    waiting = "waiting"
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
@@ -104,6 +108,9 @@ class QueueTables:
     queues: Table
     task_limits: Table
     schedules: Table
+    workflows: Table
+    job_dependencies: Table
+    settings: Table
 
 
 def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
@@ -135,6 +142,12 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
         # Set by Queue.wait: the statement that finishes this job announces it (a NOTIFY on the
         # finished channel); jobs nobody waits for finish without one (migration step 0003).
         Column("awaited", Boolean, nullable=False, server_default="false"),
+        # Workflows (migration step 0004): the step's workflow, how many of the steps it depends
+        # on have not finished yet (it is ``waiting`` until none), and what an upstream failure
+        # does to it ("cancel" or "run"); NULL outside workflows.
+        Column("workflow_id", BigInteger, nullable=True),
+        Column("waiting_for", Integer, nullable=False, server_default="0"),
+        Column("on_upstream_failure", Text, nullable=True),
         CheckConstraint(
             f"char_length(task) BETWEEN 1 AND {MAX_TASK_NAME_LENGTH}", name="task_length"
         ),
@@ -154,6 +167,11 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
             name="dedupe_key_length",
         ),
         CheckConstraint("timeout IS NULL OR timeout > 0", name="timeout_positive"),
+        CheckConstraint("waiting_for >= 0", name="waiting_for"),
+        CheckConstraint(
+            "on_upstream_failure IS NULL OR on_upstream_failure IN ('cancel', 'run')",
+            name="on_upstream_failure",
+        ),
         # The claim path: queued jobs only, in the claim's own order.
         Index(
             "jobs_claim_idx",
@@ -195,6 +213,30 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
             "id",
             postgresql_where=text("state IN ('failed', 'cancelled')"),
         ),
+        # A workflow's steps, and its waiting steps (written without naming the state, which the
+        # step adding it could not use: "none of the other five").
+        Index(
+            "jobs_workflow_idx",
+            "workflow_id",
+            "id",
+            postgresql_where=text("workflow_id IS NOT NULL"),
+        ),
+        Index(
+            "jobs_waiting_idx",
+            "queue",
+            "task",
+            postgresql_where=text(f"state NOT IN {NOT_WAITING}"),
+        ),
+        # A workflow step holds its dedupe key from enqueue until it finishes, waiting included.
+        Index(
+            "jobs_step_dedupe_key_idx",
+            "dedupe_key",
+            unique=True,
+            postgresql_where=text(
+                "dedupe_key IS NOT NULL AND workflow_id IS NOT NULL "
+                "AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+            ),
+        ),
         postgresql_with={
             "fillfactor": "80",
             "autovacuum_vacuum_scale_factor": "0.01",
@@ -218,6 +260,9 @@ def _workers_table(metadata: MetaData) -> Table:
         Column("concurrency", Integer, nullable=False),
         Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         Column("heartbeat_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        # The worker's own settings (step 0004): the rescue judges each worker by its own lease.
+        Column("heartbeat_interval", Double, nullable=True),
+        Column("lease_timeout", Double, nullable=True),
         Index("workers_heartbeat_idx", "heartbeat_at"),
     )
 
@@ -273,6 +318,43 @@ def _schedules_table(metadata: MetaData) -> Table:
     )
 
 
+def _workflows_table(metadata: MetaData) -> Table:
+    return Table(
+        "workflows",
+        metadata,
+        Column("id", BigInteger, Identity(always=False), primary_key=True),
+        Column("name", Text, nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        CheckConstraint(
+            f"name IS NULL OR char_length(name) BETWEEN 1 AND {MAX_TASK_NAME_LENGTH}",
+            name="name_length",
+        ),
+    )
+
+
+def _job_dependencies_table(metadata: MetaData) -> Table:
+    """The edges of workflows: ``job_id`` waits for ``depends_on`` (no foreign keys: they would
+    cost every enqueue a trigger; the statements keep the edges consistent)."""
+    return Table(
+        "job_dependencies",
+        metadata,
+        Column("depends_on", BigInteger, primary_key=True),
+        Column("job_id", BigInteger, primary_key=True),
+        Index("job_dependencies_job_idx", "job_id", "depends_on"),
+    )
+
+
+def _settings_table(metadata: MetaData) -> Table:
+    """Per-schema settings, such as the durability level."""
+    return Table(
+        "settings",
+        metadata,
+        Column("name", Text, primary_key=True),
+        Column("value", Text, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
 def build_tables(schema: str = DEFAULT_SCHEMA) -> QueueTables:
     """Build the Core metadata of a queue living in PostgreSQL schema ``schema``."""
     validate_schema_name(schema)
@@ -301,6 +383,9 @@ def build_tables(schema: str = DEFAULT_SCHEMA) -> QueueTables:
         queues=_queues_table(metadata),
         task_limits=_task_limits_table(metadata),
         schedules=_schedules_table(metadata),
+        workflows=_workflows_table(metadata),
+        job_dependencies=_job_dependencies_table(metadata),
+        settings=_settings_table(metadata),
     )
 
 

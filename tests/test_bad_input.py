@@ -275,7 +275,9 @@ def test_sql_text_is_a_valid_name_stored_verbatim(engine):
             text("SELECT count(*) FROM pg_tables WHERE schemaname = 'pgq'")
         ).scalar_one()
         workers = connection.execute(text("SELECT count(*) FROM pgq.workers")).scalar_one()
-    assert tables == 6  # jobs, workers, queues, task_limits, schedules, the version marker
+    # jobs, workers, queues, task_limits, schedules, workflows, job_dependencies, settings and the
+    # version marker
+    assert tables == 9
     assert workers == 1  # the seeded one; the worker deregistered itself
 
 
