@@ -17,6 +17,7 @@ import click
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from pgq_sa._cli.app import Context, cli, handles_errors, pass_context
 from pgq_sa._job import Job, JobSpec
 from pgq_sa._queue import Queue
 from pgq_sa._schema import validate_schema_name
@@ -145,3 +146,19 @@ def run_demo(engine: Engine, schema: str, jobs: int) -> None:
         f"retried: {by_worker[0]} jobs; failed for good: {counts['failed']} (last error: {error})"
     )
     click.echo("try: pgq-sa --schema pgq_demo jobs show 1 --json")
+
+
+@cli.command()
+@click.option("--jobs", "job_count", default=300, show_default=True, type=click.IntRange(1, 10**5))
+@click.option(
+    "--demo-schema",
+    default="pgq_demo",
+    show_default=True,
+    help="schema the demo (re)creates for itself",
+)
+@pass_context
+@handles_errors
+def demo(context: Context, job_count: int, demo_schema: str) -> None:
+    """Show the queue working (on the embedded PostgreSQL when nothing is configured)."""
+
+    run_demo(context.engine, validate_schema_name(demo_schema), job_count)

@@ -18,7 +18,8 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from pgq_sa import _monitoring as monitoring
-from pgq_sa._cli import Context, cli, handles_errors, jobs, pass_context
+from pgq_sa._cli.app import Context, cli, handles_errors, pass_context
+from pgq_sa._cli.jobs import jobs
 from pgq_sa._monitoring import JobSummary, Status, WorkerState
 from pgq_sa._ops.drive import run_sync
 from pgq_sa._schema import JobStatus
