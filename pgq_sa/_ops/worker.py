@@ -22,7 +22,7 @@ from pgq_sa._events import EventHub, rescued
 from pgq_sa._job import Job
 from pgq_sa._ops.drive import Operation
 from pgq_sa._sql import Statements
-from pgq_sa._sql.shared import CLAIMED_COLUMNS
+from pgq_sa._sql.shared import CLAIMED_COLUMNS, ClaimedRow, FinishedRow, FinishSummaryRow
 from pgq_sa._tasks import TaskDefinition
 
 log = logging.getLogger("pgq_sa.worker")
@@ -128,60 +128,38 @@ def claim_limited(
 ) -> Operation[list[Claimed]]:
     """Claim jobs of tasks with cluster-wide limits; must run inside one transaction."""
     yield statements.lock_limits, {"tasks": list(tasks)}
-    rows = yield (
-        statements.claim_limited,
-        {
-            "worker_id": worker_id,
-            "tasks": list(tasks),
-            "queues": list(queues) if queues is not None else None,
-            "limit": limit,
-        },
-    )
-    return _claimed([row[:CLAIM_COLUMNS] for row in rows])  # then "paced"
+    params: dict[str, Any] = {"worker_id": worker_id, "tasks": list(tasks), "limit": limit}
+    if queues is None:
+        rows = yield statements.claim_limited, params
+    else:
+        rows = yield statements.claim_limited_in_queues, {**params, "queues": list(queues)}
+    return _claimed([row[:_CLAIMED] for row in rows])  # then "paced"
 
 
-# The claim statements return these columns first, in this order (``_claimed`` unpacks them by
-# position: rows arrive by the batch on the hot path).
-CLAIM_COLUMNS = len(CLAIMED_COLUMNS)
+_CLAIMED = len(CLAIMED_COLUMNS)
 
 
 def _claimed(rows: Sequence[Any]) -> list[Claimed]:
-    return [
-        Claimed(
-            Job(
-                job_id,
-                task,
-                payload,
-                attempt,
-                max_attempts,
-                priority,
-                queue,
-                created,
-                scheduled,
-                run_at=run_at,
-                started_at=started_at,
-                meta=meta,
-            ),
-            timeout,
-            cancel_requested,
+    """Handler-ready jobs from claimed rows (``ClaimedRow``)."""
+    claimed = []
+    for row in rows:
+        r = ClaimedRow._make(row)
+        job = Job(
+            r.id,
+            r.task,
+            r.payload,
+            r.attempt,
+            r.max_attempts,
+            r.priority,
+            r.queue,
+            r.created_at,
+            r.scheduled_at,
+            run_at=r.run_at,
+            started_at=r.started_at,
+            meta=r.meta,
         )
-        for (
-            job_id,
-            task,
-            payload,
-            attempt,
-            max_attempts,
-            priority,
-            queue,
-            created,
-            timeout,
-            scheduled,
-            cancel_requested,
-            run_at,
-            started_at,
-            meta,
-        ) in rows
-    ]
+        claimed.append(Claimed(job, r.timeout, r.cancel_requested))
+    return claimed
 
 
 def upsert_limits(statements: Statements, definitions: Sequence[TaskDefinition]) -> Operation[bool]:
@@ -213,9 +191,10 @@ def finish(
     if not outcomes:
         return Finished({}, (), None)
     params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
-    rows: Sequence[Any] = yield statements.finish, params  # (id, state, run_at, notices)
-    retries = [row[2] for row in rows if row[1] == "queued"]
-    recorded = {row[0]: row[1] for row in rows}
+    rows: Sequence[Any] = yield statements.finish, params
+    written = [FinishedRow._make(row) for row in rows]
+    retries = [row.run_at for row in written if row.state == "queued"]
+    recorded = {row.id: row.state for row in written}
     return _finished(outcomes, recorded, min(retries) if retries else None)
 
 
@@ -246,11 +225,14 @@ def finish_and_claim(
     next_retry = None
     row: Any
     for row in rows:
-        if row[0]:
-            claimed_rows.append(row[1 : 1 + CLAIM_COLUMNS])
+        if row[0]:  # "claimed": a leased job
+            claimed_rows.append(row[1 : 1 + _CLAIMED])
         else:  # the summary of the outcomes written
-            ids, states, next_retry = row[1 + CLAIM_COLUMNS : 4 + CLAIM_COLUMNS]
-            recorded = dict(zip(ids or (), states or (), strict=True))
+            summary = FinishSummaryRow._make(row[1 + _CLAIMED :])
+            next_retry = summary.next_run_at
+            recorded = dict(
+                zip(summary.written_ids or (), summary.written_states or (), strict=True)
+            )
     return _finished(outcomes, recorded, next_retry), _claimed(claimed_rows)
 
 

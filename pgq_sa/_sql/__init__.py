@@ -48,6 +48,7 @@ class Statements:
     upsert_limits: Executable
     lock_limits: Executable
     claim_limited: Executable
+    claim_limited_in_queues: Executable
     upsert_schedules: Executable
     touch_schedules: Executable
     fire_schedule: Executable
@@ -84,7 +85,8 @@ class Statements:
             prune_failed=maintenance.prune(tables, "failed", "cancelled"),
             upsert_limits=limits.upsert_limits(tables),
             lock_limits=limits.lock_limits(tables),
-            claim_limited=limits.claim_limited(tables),
+            claim_limited=limits.claim_limited(tables, in_queues=False),
+            claim_limited_in_queues=limits.claim_limited(tables, in_queues=True),
             upsert_schedules=schedules.upsert_schedules(tables),
             touch_schedules=schedules.touch_schedules(tables),
             fire_schedule=schedules.fire_schedule(tables),

@@ -1,62 +1,84 @@
-"""The claim: leasing due, queued jobs to a worker (and when the next one is due)."""
+"""The claim rule, written once: which jobs a worker may lease, in which order, and how.
+
+Three statements lease jobs: the plain claim, ``finish_and_claim`` (outcomes written in the same
+statement) and the limited claim (per task, under its limit rows). They share the text below: the
+conditions of a claimable job, its order (that of the partial claim index, so a claim walks the
+index and stops after ``limit`` rows), and the UPDATE that takes the lease. Rows are reached
+through ``id = any(ARRAY(...))`` so that the generic plan the workers' lanes use is a primary-key
+lookup whatever the statistics.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    ARRAY,
-    Integer,
-    Text,
-    any_,
-    bindparam,
-    func,
-    select,
-    update,
-)
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy import ARRAY, Integer, Text, bindparam, func, select, text
+from sqlalchemy.sql.expression import BindParameter, Executable
 
 from pgq_sa._schema import QueueTables
-from pgq_sa._sql.shared import CLAIMED_COLUMNS, in_states
+from pgq_sa._sql.shared import claimed_sql, claimed_types, in_states
+
+CLAIM_ORDER = "{a}.priority DESC, {a}.run_at, {a}.id"
+
+
+def claimable(s: str, a: str, *, in_queues: bool, task: str = "any(:tasks)") -> str:
+    """SQL conditions on the jobs row ``a`` of schema ``s``: queued, due, of one of the claimer's
+    tasks (``task``: the right-hand side of ``a.task =``), in a queue that is not paused, and, when
+    ``in_queues``, in one of the queues named by ``:queues``."""
+    rule = (
+        f"{a}.state = 'queued' AND {a}.run_at <= now() AND {a}.task = {task}\n"
+        f'       AND {a}.queue NOT IN (SELECT q.name FROM "{s}".queues AS q WHERE q.paused)'
+    )
+    if in_queues:
+        rule += f"\n       AND {a}.queue = any(:queues)"
+    return rule
+
+
+def order(a: str) -> str:
+    """The claim order of jobs row ``a``: highest priority, then earliest due, then oldest."""
+    return CLAIM_ORDER.format(a=a)
+
+
+def lease(s: str, picked: str) -> str:
+    """The UPDATE leasing the rows whose ids the CTE ``picked`` selected, returning what a worker
+    needs of each (``CLAIMED_COLUMNS``)."""
+    return f"""UPDATE "{s}".jobs AS c
+       SET state = 'running', attempt = c.attempt + 1, started_at = now(),
+           worker_id = :worker_id
+     WHERE c.id = any(ARRAY(SELECT {picked}.id FROM {picked}))
+    RETURNING {claimed_sql("c")}"""
+
+
+def parameters(tables: QueueTables, *, in_queues: bool) -> list[BindParameter[object]]:
+    """The bind parameters of a claim: the claimer, its tasks, how many, and its queues."""
+    found: list[BindParameter[object]] = [
+        bindparam("worker_id", type_=tables.jobs.c.worker_id.type),
+        bindparam("tasks", type_=ARRAY(Text)),
+        bindparam("limit", type_=Integer),
+    ]
+    if in_queues:
+        found.append(bindparam("queues", type_=ARRAY(Text)))
+    return found
 
 
 def claim(tables: QueueTables, *, in_queues: bool) -> Executable:
-    """Lease up to ``limit`` due, queued jobs of the worker's tasks (and queues), highest priority
-    first, skipping rows other claimers hold and queues that are paused."""
-    jobs, queues = tables.jobs, tables.queues
-    conditions = [
-        in_states(jobs.c.state, "queued"),
-        jobs.c.run_at <= func.now(),
-        jobs.c.task == func.any(bindparam("tasks", type_=ARRAY(Text))),
-        jobs.c.queue.not_in(select(queues.c.name).where(queues.c.paused)),
-    ]
-    if in_queues:
-        conditions.append(jobs.c.queue == func.any(bindparam("queues", type_=ARRAY(Text))))
-    picked = (
-        select(jobs.c.id)
-        .where(*conditions)
-        .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
-        .limit(bindparam("limit", type_=Integer))
-        .with_for_update(skip_locked=True)
-        .cte("picked")
-    )
+    """Lease up to ``limit`` claimable jobs, skipping rows other claimers hold."""
+    s = tables.schema
     return (
-        update(jobs)
-        .where(jobs.c.id == any_(func.array(select(picked.c.id).scalar_subquery())))
-        .values(
-            state="running",
-            attempt=jobs.c.attempt + 1,
-            worker_id=bindparam("worker_id", type_=jobs.c.worker_id.type),
-            started_at=func.now(),
+        text(
+            f"""
+WITH picked AS (
+    SELECT j.id
+      FROM "{s}".jobs AS j
+     WHERE {claimable(s, "j", in_queues=in_queues)}
+     ORDER BY {order("j")}
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+)
+{lease(s, "picked")}
+"""
         )
-        .returning(*(jobs.c[name] for name in CLAIMED_COLUMNS))
+        .bindparams(*parameters(tables, in_queues=in_queues))
+        .columns(*claimed_types(tables))
     )
-
-
-# The outcomes of many attempts, one JSON array per column (see ``decisions.finish_parameters``),
-# written under their leases; ``notified`` announces the finished ids that someone waits for
-# (``awaited``, set by ``mark_awaited``): a NOTIFY serialises the commits of every transaction
-# that sends one, so finishes nobody waits for send none. Rows are reached through
-# ``id = any(ARRAY(...))`` so that the generic plan the workers' lanes use is an index lookup
-# whatever the statistics. Shared by ``finish`` and ``finish_and_claim``, which must reference
 
 
 def next_run_at(tables: QueueTables) -> Executable:

@@ -7,7 +7,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
-    Integer,
     Text,
     bindparam,
     column,
@@ -16,21 +15,22 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables, finished_channel
-from pgq_sa._sql.shared import CLAIMED_COLUMNS, announce_finished_sql, claimed_sql, claimed_types
+from pgq_sa._sql.claim import claimable, lease, order
+from pgq_sa._sql.claim import parameters as claim_parameters
+from pgq_sa._sql.shared import (
+    CLAIMED_COLUMNS,
+    JsonColumn,
+    announce_finished_sql,
+    claimed_types,
+    json_rows,
+)
 
 _FINISH_CTES = """
 v AS (
     SELECT t.id::bigint AS id, t.attempt::integer AS attempt, t.outcome,
            t.delay::double precision AS delay,
            nullif(t.result, 'null'::jsonb) AS result, nullif(t.error, 'null'::jsonb) AS error
-      FROM ROWS FROM (
-             json_array_elements_text(CAST(:ids AS json)),
-             json_array_elements_text(CAST(:attempts AS json)),
-             json_array_elements_text(CAST(:outcomes AS json)),
-             json_array_elements_text(CAST(:delays AS json)),
-             jsonb_array_elements(CAST(:results AS jsonb)),
-             jsonb_array_elements(CAST(:errors AS jsonb))
-           ) AS t(id, attempt, outcome, delay, result, error)
+      FROM {outcome_rows}
 ),
 done AS (
     UPDATE "{s}".jobs AS j
@@ -57,11 +57,22 @@ notified AS ({announce_done}
 def finish_ctes(s: str) -> str:
     """``_FINISH_CTES`` for schema ``s``."""
     return _FINISH_CTES.format(
-        s=s, announce_done=announce_finished_sql(finished_channel(s), "done")
+        s=s,
+        outcome_rows=json_rows(OUTCOME_COLUMNS),
+        announce_done=announce_finished_sql(finished_channel(s), "done"),
     )
 
 
-_FINISH_PARAMETERS = ("ids", "attempts", "outcomes", "delays", "results", "errors")
+# The outcomes input: (parameter, column, kind), one JSON array each (``finish_parameters``).
+OUTCOME_COLUMNS: tuple[JsonColumn, ...] = (
+    ("ids", "id", "text"),
+    ("attempts", "attempt", "text"),
+    ("outcomes", "outcome", "text"),
+    ("delays", "delay", "text"),
+    ("results", "result", "jsonb"),
+    ("errors", "error", "jsonb"),
+)
+_FINISH_PARAMETERS = tuple(parameter for parameter, _, _ in OUTCOME_COLUMNS)
 
 
 def finish(tables: QueueTables) -> Executable:
@@ -117,28 +128,21 @@ def finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     holds no claim locks, and the claim part never waits (SKIP LOCKED, its own rows).
     """
     s = tables.schema
-    jobs = tables.jobs
     ctes = finish_ctes(s)
-    in_queue = "\n       AND c.queue = any(:queues)" if in_queues else ""
     statement = text(
         f"""
 WITH {ctes},
 picked AS (
-    SELECT c.id
-      FROM "{s}".jobs AS c
-     WHERE c.state = 'queued' AND c.run_at <= now() AND c.task = any(:tasks)
-       AND (c.queue NOT IN (SELECT q.name FROM "{s}".queues AS q WHERE q.paused)){in_queue}
+    SELECT j.id
+      FROM "{s}".jobs AS j
+     WHERE {claimable(s, "j", in_queues=in_queues)}
        AND (SELECT count(*) FROM done) >= 0
-     ORDER BY c.priority DESC, c.run_at, c.id
+     ORDER BY {order("j")}
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
 ),
 claimed AS (
-    UPDATE "{s}".jobs AS c
-       SET state = 'running', attempt = c.attempt + 1, started_at = now(),
-           worker_id = :worker_id
-     WHERE c.id = any(ARRAY(SELECT picked.id FROM picked))
-    RETURNING {claimed_sql("c")}
+    {lease(s, "picked")}
 )
 SELECT true AS claimed, {", ".join(CLAIMED_COLUMNS)},
        NULL::bigint[] AS written_ids, NULL::text[] AS written_states,
@@ -151,15 +155,10 @@ SELECT false, {", ".join(["NULL"] * len(CLAIMED_COLUMNS))},
   FROM done
 """
     )
-    parameters = [
-        bindparam("worker_id", type_=jobs.c.worker_id.type),
-        bindparam("tasks", type_=ARRAY(Text)),
-        bindparam("limit", type_=Integer),
+    return statement.bindparams(
+        *claim_parameters(tables, in_queues=in_queues),
         *(bindparam(name, type_=Text) for name in _FINISH_PARAMETERS),
-    ]
-    if in_queues:
-        parameters.append(bindparam("queues", type_=ARRAY(Text)))
-    return statement.bindparams(*parameters).columns(
+    ).columns(
         column("claimed", Boolean),
         *claimed_types(tables),
         column("written_ids", ARRAY(BigInteger)),

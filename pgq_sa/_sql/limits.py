@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import (
     ARRAY,
-    Integer,
     Text,
     bindparam,
     func,
@@ -14,7 +13,16 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables
-from pgq_sa._sql.shared import claimed_sql, claimed_types
+from pgq_sa._sql.claim import claimable, lease, order
+from pgq_sa._sql.claim import parameters as claim_parameters
+from pgq_sa._sql.shared import JsonColumn, claimed_types, json_rows
+
+LIMIT_INPUT: tuple[JsonColumn, ...] = (
+    ("tasks", "task", "text"),
+    ("concurrency", "concurrency", "text"),
+    ("rate_count", "rate_count", "text"),
+    ("rate_period", "rate_period", "text"),
+)
 
 
 def upsert_limits(tables: QueueTables) -> Executable:
@@ -25,22 +33,12 @@ def upsert_limits(tables: QueueTables) -> Executable:
 INSERT INTO "{s}".task_limits AS l (task, concurrency, rate_count, rate_period, updated_at)
 SELECT t.task, t.concurrency::integer, t.rate_count::integer, t.rate_period::double precision,
        now()
-  FROM ROWS FROM (
-         json_array_elements_text(CAST(:tasks AS json)),
-         json_array_elements_text(CAST(:concurrency AS json)),
-         json_array_elements_text(CAST(:rate_count AS json)),
-         json_array_elements_text(CAST(:rate_period AS json))
-       ) AS t(task, concurrency, rate_count, rate_period)
+  FROM {json_rows(LIMIT_INPUT)}
 ON CONFLICT (task) DO UPDATE
    SET concurrency = excluded.concurrency, rate_count = excluded.rate_count,
        rate_period = excluded.rate_period, updated_at = now()
 """
-    ).bindparams(
-        *(
-            bindparam(name, type_=Text)
-            for name in ("tasks", "concurrency", "rate_count", "rate_period")
-        )
-    )
+    ).bindparams(*(bindparam(parameter, type_=Text) for parameter, _, _ in LIMIT_INPUT))
 
 
 def lock_limits(tables: QueueTables) -> Executable:
@@ -54,7 +52,7 @@ def lock_limits(tables: QueueTables) -> Executable:
     )
 
 
-def claim_limited(tables: QueueTables) -> Executable:
+def claim_limited(tables: QueueTables, *, in_queues: bool) -> Executable:
     """Claim jobs of tasks with a cluster-wide concurrency and/or rate limit.
 
     Runs in the transaction that locked the tasks' limit rows (``lock_limits``), so this
@@ -83,7 +81,7 @@ WITH limits AS (
                               + greatest(l.rate_count / 10, 1))::integer,
                         :limit))) AS allowed
       FROM "{s}".task_limits AS l
-     WHERE l.task = ANY(CAST(:tasks AS text[]))
+     WHERE l.task = any(:tasks)
 ),
 picked AS (
     SELECT c.id
@@ -91,22 +89,16 @@ picked AS (
       CROSS JOIN LATERAL (
           SELECT j.id, j.priority, j.run_at
             FROM "{s}".jobs AS j
-           WHERE j.state = 'queued' AND j.task = a.task AND j.run_at <= now()
-             AND j.queue NOT IN (SELECT name FROM "{s}".queues WHERE paused)
-             AND (CAST(:queues AS text[]) IS NULL OR j.queue = ANY(CAST(:queues AS text[])))
-           ORDER BY j.priority DESC, j.run_at, j.id
+           WHERE {claimable(s, "j", in_queues=in_queues, task="a.task")}
+           ORDER BY {order("j")}
            LIMIT a.allowed
              FOR UPDATE OF j SKIP LOCKED
       ) AS c
-     ORDER BY c.priority DESC, c.run_at, c.id
+     ORDER BY {order("c")}
      LIMIT :limit
 ),
 claimed AS (
-    UPDATE "{s}".jobs AS j
-       SET state = 'running', attempt = j.attempt + 1, worker_id = :worker_id,
-           started_at = now()
-     WHERE j.id = any(ARRAY(SELECT picked.id FROM picked))
-    RETURNING {claimed_sql("j")}
+    {lease(s, "picked")}
 ),
 paced AS (
     UPDATE "{s}".task_limits AS l
@@ -119,12 +111,7 @@ paced AS (
 SELECT claimed.*, (SELECT count(*) FROM paced) AS paced FROM claimed
 """
         )
-        .bindparams(
-            bindparam("worker_id", type_=tables.jobs.c.worker_id.type),
-            bindparam("tasks", type_=ARRAY(Text)),
-            bindparam("queues", type_=ARRAY(Text)),
-            bindparam("limit", type_=Integer),
-        )
+        .bindparams(*claim_parameters(tables, in_queues=in_queues))
         .columns(
             *claimed_types(tables),
         )

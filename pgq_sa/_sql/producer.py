@@ -30,8 +30,10 @@ from pgq_sa._schema import QueueTables
 from pgq_sa._sql.shared import (
     INSERTED_COLUMNS,
     LIVE_PREDICATE,
+    JsonColumn,
     announce_finished,
     in_states,
+    json_rows,
     live_states,
     notify,
     wake_message,
@@ -48,6 +50,10 @@ ENQUEUE_COLUMNS = (
     "dedupe_key",
     "meta",
 )
+# The bulk enqueue input: one JSON array per column (payloads and meta already serialised).
+ENQUEUE_INPUT: tuple[JsonColumn, ...] = tuple(
+    (name, name, "jsonb" if name in ("payload", "meta") else "text") for name in ENQUEUE_COLUMNS
+)
 _ENQUEUE_SOURCE = """
 SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
        nullif(t.payload, 'null'::jsonb) AS payload,
@@ -55,18 +61,7 @@ SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
        coalesce(t.run_at::timestamptz,
                 now() + t.delay::double precision * interval '1 second') AS run_at,
        t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta
-  FROM ROWS FROM (
-         json_array_elements_text(CAST(:task AS json)),
-         json_array_elements_text(CAST(:queue AS json)),
-         jsonb_array_elements(CAST(:payload AS jsonb)),
-         json_array_elements_text(CAST(:priority AS json)),
-         json_array_elements_text(CAST(:max_attempts AS json)),
-         json_array_elements_text(CAST(:run_at AS json)),
-         json_array_elements_text(CAST(:delay AS json)),
-         json_array_elements_text(CAST(:dedupe_key AS json)),
-         jsonb_array_elements(CAST(:meta AS jsonb))
-       ) WITH ORDINALITY AS t(task, queue, payload, priority, max_attempts, run_at, delay,
-                              dedupe_key, meta, ord)
+  FROM {rows}
 """
 
 
@@ -79,7 +74,11 @@ def enqueue(tables: QueueTables) -> Executable:
     """
     jobs = tables.jobs
     source = (
-        text(_ENQUEUE_SOURCE.format(schema=tables.schema))
+        text(
+            _ENQUEUE_SOURCE.format(
+                schema=tables.schema, rows=json_rows(ENQUEUE_INPUT, ordinality=True)
+            )
+        )
         .bindparams(*(bindparam(name, type_=Text) for name in ENQUEUE_COLUMNS))
         .columns(
             column("id", BigInteger),

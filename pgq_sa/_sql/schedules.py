@@ -20,12 +20,22 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables
+from pgq_sa._sql.shared import JsonColumn, json_rows
 
 _SCHEDULE_COLUMNS = (
     column("name", Text),
     column("enabled", Boolean),
     column("last_fire_at", DateTime(timezone=True)),
     column("updated_at", DateTime(timezone=True)),
+)
+
+
+SCHEDULE_INPUT: tuple[JsonColumn, ...] = (
+    ("names", "name", "text"),
+    ("expressions", "expression", "text"),
+    ("timezones", "timezone", "text"),
+    ("missed", "missed", "text"),
+    ("next_fire_at", "next_fire_at", "text"),
 )
 
 
@@ -38,13 +48,7 @@ def upsert_schedules(tables: QueueTables) -> Executable:
             f"""
 INSERT INTO "{s}".schedules AS c (name, task, expression, timezone, missed, next_fire_at)
 SELECT t.name, t.name, t.expression, t.timezone, t.missed, t.next_fire_at::timestamptz
-  FROM ROWS FROM (
-         json_array_elements_text(CAST(:names AS json)),
-         json_array_elements_text(CAST(:expressions AS json)),
-         json_array_elements_text(CAST(:timezones AS json)),
-         json_array_elements_text(CAST(:missed AS json)),
-         json_array_elements_text(CAST(:next_fire_at AS json))
-       ) AS t(name, expression, timezone, missed, next_fire_at)
+  FROM {json_rows(SCHEDULE_INPUT)}
 ON CONFLICT (name) DO UPDATE
    SET seen_at = now(),
        next_fire_at = CASE WHEN c.enabled THEN excluded.next_fire_at END,
@@ -56,12 +60,7 @@ ON CONFLICT (name) DO UPDATE
 RETURNING c.name, c.enabled, c.last_fire_at, c.updated_at
 """
         )
-        .bindparams(
-            *(
-                bindparam(name, type_=Text)
-                for name in ("names", "expressions", "timezones", "missed", "next_fire_at")
-            )
-        )
+        .bindparams(*(bindparam(parameter, type_=Text) for parameter, _, _ in SCHEDULE_INPUT))
         .columns(*_SCHEDULE_COLUMNS)
     )
 

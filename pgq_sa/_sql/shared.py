@@ -3,7 +3,9 @@ predicates written as literals (for generic plans), wake-up and finished-job NOT
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
     Interval,
@@ -38,24 +40,74 @@ INSERTED_COLUMNS = (
     "meta",
 )
 
-# What every claim statement returns for a leased job, in this order (the workers unpack rows
-# by position on the hot path): the Core claim, the limited claim and finish_and_claim.
-CLAIMED_COLUMNS = (
-    "id",
-    "task",
-    "payload",
-    "attempt",
-    "max_attempts",
-    "priority",
-    "queue",
-    "created_at",
-    "timeout",
-    "scheduled_at",
-    "cancel_requested",
-    "run_at",
-    "started_at",
-    "meta",
-)
+
+class ClaimedRow(NamedTuple):
+    """What every claim statement returns for a leased job, in this order: the plain claim, the
+    limited claim and ``finish_and_claim`` (which puts its ``claimed`` flag first). Rows from the
+    drivers are unpacked into this shape once (asyncpg records have no attribute access)."""
+
+    id: int
+    task: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    priority: int
+    queue: str
+    created_at: datetime
+    timeout: float | None
+    scheduled_at: datetime | None
+    cancel_requested: bool
+    run_at: datetime
+    started_at: datetime
+    meta: Any
+
+
+CLAIMED_COLUMNS: tuple[str, ...] = ClaimedRow._fields
+
+
+class FinishSummaryRow(NamedTuple):
+    """The last row of ``finish_and_claim`` (its ``claimed`` flag false): what was written."""
+
+    written_ids: list[int] | None
+    written_states: list[str] | None
+    next_run_at: datetime | None
+    notices: int
+
+
+class FinishedRow(NamedTuple):
+    """One row of ``finish``: an outcome written under its lease."""
+
+    id: int
+    state: str
+    run_at: datetime
+    notices: int
+
+
+# One column of a "rows from JSON arrays" input: (bind parameter, column name, kind), where kind
+# "text" yields each element as text (cast it in the SELECT) and "jsonb" as a jsonb value.
+JsonColumn = tuple[str, str, Literal["text", "jsonb"]]
+
+
+def json_rows(columns: Sequence[JsonColumn], alias: str = "t", *, ordinality: bool = False) -> str:
+    """A ``ROWS FROM`` over one JSON array parameter per column, zipped by position, as the FROM
+    item ``alias``: how every bulk input (enqueue, outcomes, limits, schedules) reaches SQL.
+
+    JSON text is the cheapest way to ship 100,000 values through any driver (their array
+    encoders are slower), and payloads arrive already serialised. An array shorter than the
+    others (``[]`` for a column that is NULL everywhere) is padded with NULLs. ``ordinality``
+    adds the 1-based position as column ``ord``.
+    """
+    functions = ",\n".join(
+        f"         json_array_elements_text(CAST(:{parameter} AS json))"
+        if kind == "text"
+        else f"         jsonb_array_elements(CAST(:{parameter} AS jsonb))"
+        for parameter, _, kind in columns
+    )
+    names = [name for _, name, _ in columns] + (["ord"] if ordinality else [])
+    return (
+        f"ROWS FROM (\n{functions}\n       ){' WITH ORDINALITY' if ordinality else ''}"
+        f" AS {alias}({', '.join(names)})"
+    )
 
 
 def claimed_sql(alias: str) -> str:
