@@ -66,7 +66,7 @@ def database(engine: Engine) -> SyncDatabase:
 def identity(database: SyncDatabase, queue: Queue) -> Iterator[protocol.Identity]:
     """A registered worker identity."""
     identity = protocol.Identity.new("bench")
-    database.run(protocol.register(queue.statements, identity, [ours.NOOP], None, BATCH))
+    database.run(protocol.register(queue.statements, identity, [ours.NOOP], None, BATCH, 5.0, 30.0))
     yield identity
     database.run(protocol.deregister(queue.statements, identity.id))
 

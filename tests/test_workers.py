@@ -330,7 +330,7 @@ def test_worker_options_are_validated_before_connecting(engine):
 
 
 def test_retention_prunes_finished_jobs_in_batches(kind, engine, database_url):
-    from pgq_sa._worker import thread_worker as threaded
+    from pgq_sa._worker import services
 
     queue = Queue(keep_succeeded=3600, keep_failed=3600)
 
@@ -353,7 +353,7 @@ def test_retention_prunes_finished_jobs_in_batches(kind, engine, database_url):
     running.stop()
     assert count_jobs(engine, state="succeeded") == 0
     assert count_jobs(engine, state="failed") == 1
-    assert threaded.PRUNE_BATCH < 2500  # it took more than one bounded batch
+    assert services.PRUNE_BATCH < 2500  # it took more than one bounded batch
 
 
 def test_a_thread_worker_that_never_registered_leaves_no_connection(

@@ -101,7 +101,7 @@ def _claim_table(context: Context, depth: int, batch: int) -> Iterator[ClaimTabl
         statements = Queue(schema=schema).statements
         database = SyncDatabase(context.engine)
         identity = protocol.Identity.new("bench")
-        database.run(protocol.register(statements, identity, [ours.NOOP], None, batch))
+        database.run(protocol.register(statements, identity, [ours.NOOP], None, batch, 5.0, 30.0))
         table = ClaimTable(
             schema,
             depth,

@@ -7,6 +7,7 @@ Each function is an operation generator (see :mod:`pgq_sa._ops.drive`): it yield
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -45,6 +46,11 @@ class Identity:
         pid = os.getpid()
         return cls(worker_id, name or f"{hostname}:{pid}:{kind}", kind, hostname, pid)
 
+    def next(self) -> Identity:
+        """The same worker under a new id: after it was declared dead, it registers again as a
+        new incarnation, so nothing it held under the old id can be mistaken for its own."""
+        return dataclasses.replace(self, id=uuid.uuid4())
+
 
 @dataclass(frozen=True)
 class Heartbeat:
@@ -69,7 +75,10 @@ def register(
     tasks: Sequence[str],
     queues: Sequence[str] | None,
     concurrency: int,
+    heartbeat_interval: float,
+    lease_timeout: float,
 ) -> Operation[bool]:
+    """Insert (or refresh) the worker's row, with its own heartbeat interval and lease."""
     yield (
         statements.register_worker,
         {
@@ -81,6 +90,8 @@ def register(
             "queues": list(queues) if queues is not None else None,
             "tasks": list(tasks),
             "concurrency": concurrency,
+            "heartbeat_interval": heartbeat_interval,
+            "lease_timeout": lease_timeout,
         },
     )
     return True

@@ -18,6 +18,7 @@ from pgq_sa._schema import QueueTables
 
 
 def register_worker(tables: QueueTables) -> Executable:
+    """A worker's row, with its own heartbeat interval and lease (the rescue judges it by them)."""
     workers = tables.workers
     statement = insert(workers).values(
         id=bindparam("worker_id", type_=workers.c.id.type),
@@ -28,6 +29,8 @@ def register_worker(tables: QueueTables) -> Executable:
         queues=bindparam("queues", type_=ARRAY(Text)),
         tasks=bindparam("tasks", type_=ARRAY(Text)),
         concurrency=bindparam("concurrency"),
+        heartbeat_interval=bindparam("heartbeat_interval", type_=workers.c.heartbeat_interval.type),
+        lease_timeout=bindparam("lease_timeout", type_=workers.c.lease_timeout.type),
     )
     return statement.on_conflict_do_update(
         index_elements=[workers.c.id], set_={"heartbeat_at": func.now()}

@@ -10,6 +10,7 @@ anything is attached to it, and cost one attribute check when nothing is.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -23,8 +24,10 @@ from pgq_sa._events import EventHub
 from pgq_sa._job import Job
 from pgq_sa._tasks import TaskDefinition
 
+log = logging.getLogger("pgq_sa.worker")
 
-def _interrupted(job: Job, timeout: float | None) -> Outcome:
+
+def interrupted(job: Job, timeout: float | None) -> Outcome:
     if job.cancel_reason == "timeout":
         error: BaseException = JobTimeout(f"timeout: the job ran longer than {timeout:g}s")
         return decisions.errored(job.id, job.attempt, job.max_attempts, error)
@@ -35,6 +38,14 @@ def _interrupted(job: Job, timeout: float | None) -> Outcome:
         JobCancelled("cancelled while running"),
         cancelled=True,
     )
+
+
+def failed_around(job: Job, error: BaseException) -> Outcome:
+    """Something escaped the handler's own error handling (a ``BaseException`` such as
+    ``SystemExit`` raised by the handler, or a bug around it): the attempt fails like any other
+    failure, and the worker goes on."""
+    log.error("job %s: the worker failed around its handler", job.id, exc_info=error)
+    return decisions.errored(job.id, job.attempt, job.max_attempts, error)
 
 
 def run_sync_handler(
@@ -59,16 +70,16 @@ def _run_sync(definition: TaskDefinition, job: Job, timeout: float | None) -> Ou
         value: Any = definition.handler(job)
     except Exception as error:  # the handler's failure is the job's, not the worker's
         if job.cancelled and job.cancel_reason != "timeout":
-            return _interrupted(job, timeout)
+            return interrupted(job, timeout)
         if job.cancel_reason == "timeout" or (timeout and time.monotonic() - started > timeout):
             job.request_cancel("timeout")
-            return _interrupted(job, timeout)
+            return interrupted(job, timeout)
         return decisions.errored(job.id, job.attempt, job.max_attempts, error)
     if job.cancelled:
-        return _interrupted(job, timeout)
+        return interrupted(job, timeout)
     if timeout is not None and time.monotonic() - started > timeout:
         job.request_cancel("timeout")
-        return _interrupted(job, timeout)
+        return interrupted(job, timeout)
     return decisions.succeeded(job.id, job.attempt, value)
 
 
@@ -109,10 +120,10 @@ async def _run_async(definition: TaskDefinition, job: Job, timeout: float | None
             value = await definition.handler(job)
     except Exception as error:
         if job.cancelled:
-            return _interrupted(job, timeout)
+            return interrupted(job, timeout)
         return decisions.errored(job.id, job.attempt, job.max_attempts, error)
     if scope.cancelled_caught or job.cancelled:
         if not job.cancelled:
             job.request_cancel("timeout")
-        return _interrupted(job, timeout)
+        return interrupted(job, timeout)
     return decisions.succeeded(job.id, job.attempt, value)

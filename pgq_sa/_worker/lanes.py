@@ -29,8 +29,7 @@ statements (:mod:`pgq_sa._worker.driver_path`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -39,9 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgq_sa._ops.drive import Operation, T, run_async, run_sync
 from pgq_sa._worker import driver_path
-
-if TYPE_CHECKING:
-    from pgq_sa._worker.options import WorkerOptions
+from pgq_sa._worker.effects import Lane
 
 # Session settings of the lanes, as (name, value); each is RESET when the lane closes.
 FINISH_SESSION = (
@@ -190,6 +187,9 @@ class SyncDatabase:
         with self.engine.connect() as connection:
             return run_sync(connection, operation)
 
+    def describe(self) -> str:
+        return describe(self.engine)
+
     def lane(self, setup: Settings = (), *, transactional: bool = False) -> SyncLane:
         if transactional:
             return SyncLane(self.transactional_engine, setup, transactional=True)
@@ -209,6 +209,9 @@ class AsyncioDatabase:
         async with self.engine.connect() as connection:
             return await run_async(connection, operation)
 
+    def describe(self) -> str:
+        return describe(self.engine)
+
     def lane(self, setup: Settings = (), *, transactional: bool = False) -> AsyncLane:
         if transactional:
             return AsyncLane(self.transactional_engine, setup, transactional=True)
@@ -225,24 +228,40 @@ class ThreadedDatabase:
     async def run(self, operation: Operation[T]) -> T:
         return await anyio.to_thread.run_sync(self._sync.run, operation, limiter=self._limiter)
 
+    def describe(self) -> str:
+        return self._sync.describe() + " in worker threads"
+
     def lane(self, setup: Settings = (), *, transactional: bool = False) -> ThreadedLane:
         return ThreadedLane(self._sync.lane(setup, transactional=transactional), self._limiter)
 
 
+def describe(engine: Engine | AsyncEngine) -> str:
+    """Which driver, and where: the start-up log line says what a worker really runs on."""
+    url = engine.url.render_as_string(hide_password=True)
+    return f"{engine.dialect.driver} on {url}"
+
+
 AsyncDatabase = AsyncioDatabase | ThreadedDatabase
-LaneT = TypeVar("LaneT")
-MAX_FETCHERS = 8
+Database = SyncDatabase | AsyncioDatabase | ThreadedDatabase
+LaneT = TypeVar("LaneT", SyncLane, AsyncLane, ThreadedLane)
+
+# The session settings of each component's lane (the heartbeat's has none: it is a lane so that
+# it keeps its connection when the pool is busy).
+_SETTINGS = {
+    Lane.CLAIM: CLAIM_SESSION,
+    Lane.LIMITED: CLAIM_SESSION,
+    Lane.FINISH: FINISH_SESSION,
+    Lane.HEARTBEAT: (),
+}
 
 
-@dataclass(frozen=True)
-class FetchLanes(Generic[LaneT]):
-    """The two connections of one fetcher: plain claims, and claims of limited tasks."""
-
-    claim: LaneT
-    limited: LaneT
-
-
-def fetcher_count(options: WorkerOptions) -> int:
-    """How many fetchers claim at once: enough to fill the handler slots a batch at a time
-    (overlapping claims share commit flushes), at most ``MAX_FETCHERS``."""
-    return max(1, min(MAX_FETCHERS, -(-options.capacity // options.batch_size)))
+def open_lanes(database: Database, fetchers: int) -> dict[tuple[Lane, int], Any]:
+    """The lanes of one worker: a claim and a limited-claim lane per fetcher (the latter runs
+    each claim in a transaction), one finish lane and one heartbeat lane (numbered 0)."""
+    lanes: dict[tuple[Lane, int], Any] = {}
+    for number in range(fetchers):
+        lanes[Lane.CLAIM, number] = database.lane(_SETTINGS[Lane.CLAIM])
+        lanes[Lane.LIMITED, number] = database.lane(_SETTINGS[Lane.LIMITED], transactional=True)
+    lanes[Lane.FINISH, 0] = database.lane(_SETTINGS[Lane.FINISH])
+    lanes[Lane.HEARTBEAT, 0] = database.lane(_SETTINGS[Lane.HEARTBEAT])
+    return lanes

@@ -40,8 +40,9 @@ from pgq_sa._ops import worker as protocol
 from pgq_sa._ops.drive import run_async, run_sync
 from pgq_sa._sql import Statements
 from pgq_sa._tasks import TaskDefinition
+from pgq_sa._worker.core import fetcher_count
 from pgq_sa._worker.handlers import run_async_handler, run_sync_handler
-from pgq_sa._worker.lanes import AsyncDatabase, AsyncioDatabase, fetcher_count
+from pgq_sa._worker.lanes import AsyncDatabase, AsyncioDatabase
 from pgq_sa._worker.options import WorkerOptions
 
 log = logging.getLogger("pgq_sa.worker")
@@ -166,7 +167,7 @@ class SyncJobs:
         with self._slots:
             try:
                 with self._engine.connect() as connection:
-                    return self._attempt(connection, definition, job, timeout, events)
+                    return self._attempt(connection, definition, job, timeout, events, worker_id)
             except Exception as error:
                 return _failed_around(job, error)
 
@@ -177,18 +178,20 @@ class SyncJobs:
         job: Job,
         timeout: float | None,
         events: EventHub | None,
+        worker_id: uuid.UUID | None,
     ) -> Outcome:
+        worker_id = worker_id or self._worker_id
         transaction = connection.begin()
         job._connection = connection
         try:
-            outcome = run_sync_handler(definition, job, timeout, events, self._worker_id)
+            outcome = run_sync_handler(definition, job, timeout, events, worker_id)
         finally:
             job._connection = None
         ended = outcome.state == "succeeded" and not transaction.is_active
         if outcome.state != "succeeded" or ended:
             _discard(connection)
             return _ended_by_handler(job) if ended else outcome
-        finish = protocol.finish(self._statements, self._worker_id, [outcome])
+        finish = protocol.finish(self._statements, worker_id, [outcome])
         if run_sync(connection, finish).lost:
             transaction.rollback()
             return _lease_lost(job, outcome)
@@ -259,14 +262,15 @@ class AsyncJobs:
         """The coroutine running the handler (the plain one for other tasks: no extra frame)."""
         if not definition.transactional:
             return run_async_handler(definition, job, timeout, events, worker_id)
-        return self._run(definition, job, timeout, events)
+        return self._run(definition, job, timeout, events, worker_id or self._worker_id)
 
     async def _run(
         self,
         definition: TaskDefinition,
         job: Job,
         timeout: float | None,
-        events: EventHub | None = None,
+        events: EventHub | None,
+        worker_id: uuid.UUID,
     ) -> Outcome:
         assert self._engine is not None
         async with self._slots:
@@ -275,7 +279,7 @@ class AsyncJobs:
             except Exception as error:
                 return _failed_around(job, error)
             try:
-                return await self._attempt(connection, definition, job, timeout, events)
+                return await self._attempt(connection, definition, job, timeout, events, worker_id)
             except Exception as error:
                 return _failed_around(job, error)
             finally:
@@ -289,11 +293,12 @@ class AsyncJobs:
         job: Job,
         timeout: float | None,
         events: EventHub | None,
+        worker_id: uuid.UUID,
     ) -> Outcome:
         transaction = await connection.begin()
         job._connection = connection
         try:
-            outcome = await run_async_handler(definition, job, timeout, events, self._worker_id)
+            outcome = await run_async_handler(definition, job, timeout, events, worker_id)
         finally:
             job._connection = None
         with anyio.CancelScope(shield=True):  # finish and commit (or roll back) as one
@@ -301,7 +306,7 @@ class AsyncJobs:
             if outcome.state != "succeeded" or ended:
                 await _discard_async(connection)
                 return _ended_by_handler(job) if ended else outcome
-            finish = protocol.finish(self._statements, self._worker_id, [outcome])
+            finish = protocol.finish(self._statements, worker_id, [outcome])
             if (await run_async(connection, finish)).lost:
                 await transaction.rollback()
                 return _lease_lost(job, outcome)

@@ -36,6 +36,9 @@ from pgq_sa._worker.handlers import run_async_handler, run_sync_handler
 __all__ = ["JobRun", "run_due_jobs", "run_due_jobs_async"]
 
 DEFAULT_MAX_JOBS = 1000
+# The test runner never heartbeats: its row holds a lease long enough for any test.
+RUNNER_HEARTBEAT = 3600.0
+RUNNER_LEASE = 7200.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,9 @@ def _plan(
 
 
 def _register(plan: _Plan) -> Operation[bool]:
-    return protocol.register(plan.statements, plan.identity, plan.tasks, plan.queues, 1)
+    return protocol.register(
+        plan.statements, plan.identity, plan.tasks, plan.queues, 1, RUNNER_HEARTBEAT, RUNNER_LEASE
+    )
 
 
 def _next(plan: _Plan) -> Operation[list[Claimed]]:

@@ -1,0 +1,77 @@
+"""What both workers are before they run: the queue, validated options, an identity, stop().
+
+The drivers subclass :class:`Worker` with their own constructor signature (``threads=`` or
+``concurrency=``) and their way of running the core; everything else a user touches on a worker
+(``id``, ``processed``, ``stop()``, the start-up log line) is here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import uuid
+from typing import ClassVar
+
+from pgq_sa._ops.worker import Identity
+from pgq_sa._queue import Queue
+from pgq_sa._worker.core import Runtime, WorkerCore
+from pgq_sa._worker.options import WorkerOptions
+
+log = logging.getLogger("pgq_sa.worker")
+
+
+class Worker:
+    """The part of ThreadWorker and AsyncWorker that does not depend on how they wait."""
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self, queue: Queue, options: WorkerOptions, name: str | None, handle_signals: bool
+    ) -> None:
+        self.queue = queue
+        self.options = options
+        self.identity = Identity.new(self.kind, name)
+        # False when the host (a web server) owns SIGINT/SIGTERM and calls stop() itself.
+        self._handle_signals = handle_signals
+        self._stop_requested = threading.Event()
+        self._core: WorkerCore | None = None
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The worker's id in the workers table (a new one if it had to register again)."""
+        return self._core.worker_id if self._core is not None else self.identity.id
+
+    @property
+    def processed(self) -> int:
+        """How many outcomes this worker has written."""
+        return self._core.processed if self._core is not None else 0
+
+    def _new_core(self, runtime: Runtime, until_empty: bool) -> WorkerCore:
+        core = WorkerCore(self.queue, self.options, self.identity, runtime, until_empty)
+        if self._stop_requested.is_set():
+            core.begin_stop()
+        self._core = core
+        return core
+
+    def _signalled(self, signum: int) -> bool:
+        """SIGINT or SIGTERM arrived: the first stops gracefully; after a stop was asked, one
+        more stops now (returns True: running jobs are interrupted at once)."""
+        name = signal.Signals(signum).name
+        if self._stop_requested.is_set():
+            log.warning("second %s: stopping now", name)
+            return True
+        self._stop_requested.set()
+        log.info("%s: finishing running jobs, then stopping", name)
+        return False
+
+    def _started(self, runtime: str, database: str) -> None:
+        log.info(
+            "worker %s started on %s (%s): %d %s, tasks %s",
+            self.identity.name,
+            runtime,
+            database,
+            self.options.capacity,
+            "threads" if self.kind == "threads" else "at once",
+            ", ".join(self.options.task_names),
+        )
