@@ -16,7 +16,8 @@ import math
 import signal
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -28,32 +29,18 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pgq_sa import _decisions as decisions
-from pgq_sa._config import make_async_engine, make_engine
 from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
 from pgq_sa._ops.worker import Claimed
 from pgq_sa._queue import Queue
 from pgq_sa._schema import notify_channel
 from pgq_sa._tasks import TaskDefinition
-from pgq_sa._worker import services, transactional
+from pgq_sa._worker import effects, services, transactional
 from pgq_sa._worker.base import Worker
 from pgq_sa._worker.core import fetcher_count
-from pgq_sa._worker.effects import (
-    Call,
-    Effect,
-    Lane,
-    ListenClose,
-    ListenConnect,
-    ListenWait,
-    Service,
-    Shutdown,
-    ShutdownStep,
-    Signal,
-    Wait,
-)
-from pgq_sa._worker.handlers import failed_around, interrupted
-from pgq_sa._worker.lanes import AsyncDatabase, AsyncioDatabase, ThreadedDatabase, open_lanes
+from pgq_sa._worker.effects import Signal
+from pgq_sa._worker.handlers import failed_around, interrupted, run_in_scope, run_in_thread
+from pgq_sa._worker.lanes import AsyncDatabase, async_database, open_lanes
 from pgq_sa._worker.listener import ListenConnection
 from pgq_sa._worker.options import worker_options
 
@@ -98,17 +85,10 @@ class AsyncWorker(Worker):
             )
         super().__init__(queue, options, name, handle_signals)
         self._bind = bind
-        self._driver: _Tasks | None = None
-
-    def stop(self) -> None:
-        """Stop claiming and let running jobs finish; safe from any thread."""
-        self._stop_requested.set()
-        if self._driver is not None:
-            self._driver.stop()
 
     async def run(self, *, until_empty: bool = False) -> None:
         """Work until stopped; with ``until_empty`` return once nothing due is left."""
-        database, dispose = self._database(sniffio.current_async_library())
+        database, dispose = async_database(self._bind, sniffio.current_async_library())
         jobs = transactional.AsyncJobs.for_worker(
             database, self.options, self.queue.statements, self.identity.id
         )
@@ -120,26 +100,6 @@ class AsyncWorker(Worker):
             with anyio.CancelScope(shield=True):
                 await jobs.aclose()
                 await dispose()
-
-    def _database(self, backend: str) -> tuple[AsyncDatabase, Callable[[], Awaitable[None]]]:
-        bind = self._bind
-        if isinstance(bind, AsyncEngine):
-            if backend != "asyncio":
-                raise RuntimeError(
-                    "an AsyncEngine runs on asyncio only; on trio pass a URL or a sync Engine"
-                )
-            return AsyncioDatabase(bind), _nothing
-        if isinstance(bind, Engine):
-            return ThreadedDatabase(bind), _nothing
-        if backend == "asyncio":
-            engine = make_async_engine(bind)
-            return AsyncioDatabase(engine), engine.dispose
-        sync = make_engine(bind)
-
-        async def dispose() -> None:
-            sync.dispose()
-
-        return ThreadedDatabase(sync), dispose
 
 
 class _Event:
@@ -254,7 +214,7 @@ class _Tasks:
                         await self._drive(services.shutdown(core))
             self._services.cancel_scope.cancel()  # the signal watcher and pending wake-ups
 
-    async def _serve(self, name: str, service: Service[None]) -> None:
+    async def _serve(self, name: str, service: effects.Service[None]) -> None:
         try:
             await self._drive(service)
         except Exception:  # a service must never die silently
@@ -269,7 +229,7 @@ class _Tasks:
             self._service_ended.clear()
             await self._service_ended.wait(None)
 
-    async def _drive(self, service: Service[T]) -> T:
+    async def _drive(self, service: effects.Service[T]) -> T:
         """Run one service to its end, awaiting each effect."""
         sent: Any = None
         error: BaseException | None = None
@@ -281,39 +241,39 @@ class _Tasks:
             try:
                 # Shielded: a statement in flight finishes (or fails) before the task may be
                 # cancelled, so no pooled connection is abandoned half-way.
-                with anyio.CancelScope(shield=isinstance(value, Call)):
+                with anyio.CancelScope(shield=isinstance(value, effects.Call)):
                     sent = await self._perform(value)
             except services.DATABASE_ERRORS as failure:
                 error = failure
 
-    async def _perform(self, effect: Effect) -> Any:
+    async def _perform(self, effect: effects.Effect) -> Any:
         match effect:
-            case Call(operation, lane, number):
-                if lane is Lane.POOL:
+            case effects.Call(operation, lane, number):
+                if lane is effects.Lane.POOL:
                     return await self._database.run(operation)
                 return await self._lanes[lane, number].run(operation)
-            case Wait(signal, timeout):
+            case effects.Wait(signal, timeout):
                 return await self._events[signal].wait(timeout)
-            case ListenConnect():
+            case effects.ListenConnect():
                 return await anyio.to_thread.run_sync(self._listen.connect)
-            case ListenWait(timeout):
+            case effects.ListenWait(timeout):
                 return await self._listen.wait_async(timeout)
-            case ListenClose():
+            case effects.ListenClose():
                 return self._listen.close()
-            case Shutdown(step):
+            case effects.Shutdown(step):
                 return await self._shut_down(step)
         raise AssertionError(f"unknown effect {effect!r}")  # pragma: no cover
 
-    async def _shut_down(self, step: ShutdownStep) -> None:
-        if step is ShutdownStep.STOP_RUNNERS:
+    async def _shut_down(self, step: effects.ShutdownStep) -> None:
+        if step is effects.ShutdownStep.STOP_RUNNERS:
             assert self._runners is not None
             self._runners.cancel_scope.cancel()
-        elif step is ShutdownStep.JOIN_COMPLETER:
+        elif step is effects.ShutdownStep.JOIN_COMPLETER:
             await self._wait_until(lambda: "completer" not in self._running_services)
-        elif step is ShutdownStep.CLOSE_LANES:
+        elif step is effects.ShutdownStep.CLOSE_LANES:
             for lane in self._lanes.values():
                 await lane.close()
-        elif step is ShutdownStep.JOIN_SERVICES:
+        elif step is effects.ShutdownStep.JOIN_SERVICES:
             await self._wait_until(lambda: not self._running_services)
             self._listen.close()
 
@@ -386,66 +346,9 @@ class _Tasks:
     ) -> Outcome:
         events, worker_id = self._worker.queue.events, self.core.worker_id
         if not definition.is_async:
-            return await self._run_in_thread(definition, job, timeout)
+            run = partial(self._jobs.sync.run, definition, job, timeout, events, worker_id)
+            return await run_in_thread(run, job, timeout, self._threads)
         if definition.transactional or events.active:
-            # its own scope, transaction and events (see workers/transactional.py)
+            # its own scope, transaction and events (see _worker/transactional.py)
             return await self._jobs.run(definition, job, timeout, events, worker_id)
-        return await self._run_async(definition, job, timeout, scope)
-
-    async def _run_async(
-        self, definition: TaskDefinition, job: Job, timeout: float | None, scope: anyio.CancelScope
-    ) -> Outcome:
-        """Await an ``async def`` handler inside the runner's scope (see :meth:`_run_jobs`); the
-        outcomes are those of :func:`~pgq_sa._worker.handlers.run_async_handler`."""
-        if job.cancelled:
-            return interrupted(job, timeout)
-        self._scopes[job.id] = scope
-        if timeout is not None:
-            scope.deadline = anyio.current_time() + timeout
-        try:
-            value = await definition.handler(job)
-        except anyio.get_cancelled_exc_class():
-            if scope.cancel_called and not job.cancelled:
-                job.request_cancel("timeout")  # the deadline passed
-            raise
-        except Exception as error:
-            if job.cancelled:
-                return interrupted(job, timeout)
-            return decisions.errored(job.id, job.attempt, job.max_attempts, error)
-        finally:
-            del self._scopes[job.id]
-            if timeout is not None and not scope.cancel_called:
-                scope.deadline = math.inf
-        if job.cancelled or scope.cancel_called:
-            if not job.cancelled:
-                job.request_cancel("timeout")
-            return interrupted(job, timeout)
-        return decisions.succeeded(job.id, job.attempt, value)
-
-    async def _run_in_thread(
-        self, definition: TaskDefinition, job: Job, timeout: float | None
-    ) -> Outcome:
-        async with anyio.create_task_group() as deadline:
-            if timeout:
-
-                async def expire() -> None:
-                    await anyio.sleep(timeout)
-                    job.request_cancel("timeout")
-
-                deadline.start_soon(expire)
-            outcome = await anyio.to_thread.run_sync(
-                self._jobs.sync.run,
-                definition,
-                job,
-                timeout,
-                self._worker.queue.events,
-                self.core.worker_id,
-                limiter=self._threads,
-                abandon_on_cancel=True,
-            )
-            deadline.cancel_scope.cancel()
-        return outcome
-
-
-async def _nothing() -> None:
-    return None
+        return await run_in_scope(definition, job, timeout, scope, self._scopes)

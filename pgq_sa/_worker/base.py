@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 import uuid
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from pgq_sa._ops.worker import Identity
 from pgq_sa._queue import Queue
@@ -19,6 +19,10 @@ from pgq_sa._worker.core import Runtime, WorkerCore
 from pgq_sa._worker.options import WorkerOptions
 
 log = logging.getLogger("pgq_sa.worker")
+
+
+class _Driver(Protocol):
+    def stop(self, *, force: bool = False) -> None: ...
 
 
 class Worker:
@@ -36,6 +40,15 @@ class Worker:
         self._handle_signals = handle_signals
         self._stop_requested = threading.Event()
         self._core: WorkerCore | None = None
+        self._driver: _Driver | None = None  # while it runs
+
+    def stop(self) -> None:
+        """Stop claiming and let running jobs finish (within ``shutdown_timeout``); safe from any
+        thread, and before ``run()`` (which then returns at once)."""
+        self._stop_requested.set()
+        driver = self._driver
+        if driver is not None:
+            driver.stop()
 
     @property
     def id(self) -> uuid.UUID:

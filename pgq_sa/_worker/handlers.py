@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from pgq_sa import _decisions as decisions
 from pgq_sa._decisions import JobCancelled, JobTimeout, Outcome
@@ -127,3 +130,58 @@ async def _run_async(definition: TaskDefinition, job: Job, timeout: float | None
             job.request_cancel("timeout")
         return interrupted(job, timeout)
     return decisions.succeeded(job.id, job.attempt, value)
+
+
+async def run_in_scope(
+    definition: TaskDefinition,
+    job: Job,
+    timeout: float | None,
+    scope: anyio.CancelScope,
+    scopes: dict[int, anyio.CancelScope],
+) -> Outcome:
+    """Await an ``async def`` handler inside the cancel scope of the AsyncWorker's runner that
+    runs it (one scope for the jobs a runner runs one after another: cheaper than a scope, a
+    task and callbacks per job), registered in ``scopes`` so a cancellation can cancel it. The
+    outcomes are those of :func:`run_async_handler`."""
+    if job.cancelled:
+        return interrupted(job, timeout)
+    scopes[job.id] = scope
+    if timeout is not None:
+        scope.deadline = anyio.current_time() + timeout
+    try:
+        value = await definition.handler(job)
+    except anyio.get_cancelled_exc_class():
+        if scope.cancel_called and not job.cancelled:
+            job.request_cancel("timeout")  # the deadline passed
+        raise
+    except Exception as error:
+        if job.cancelled:
+            return interrupted(job, timeout)
+        return decisions.errored(job.id, job.attempt, job.max_attempts, error)
+    finally:
+        del scopes[job.id]
+        if timeout is not None and not scope.cancel_called:
+            scope.deadline = math.inf
+    if job.cancelled or scope.cancel_called:
+        if not job.cancelled:
+            job.request_cancel("timeout")
+        return interrupted(job, timeout)
+    return decisions.succeeded(job.id, job.attempt, value)
+
+
+async def run_in_thread(
+    run: Callable[[], Outcome], job: Job, timeout: float | None, limiter: anyio.CapacityLimiter
+) -> Outcome:
+    """Run a ``def`` handler (``run``) in a worker thread of the event loop; at ``timeout`` it
+    sees ``job.cancelled`` (a thread cannot be interrupted)."""
+    async with anyio.create_task_group() as deadline:
+        if timeout:
+
+            async def expire() -> None:
+                await anyio.sleep(timeout)
+                job.request_cancel("timeout")
+
+            deadline.start_soon(expire)
+        outcome = await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=True)
+        deadline.cancel_scope.cancel()
+    return outcome

@@ -28,14 +28,16 @@ statements (:mod:`pgq_sa._worker.driver_path`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
 from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pgq_sa._config import make_async_engine, make_engine
 from pgq_sa._ops.drive import Operation, T, run_async, run_sync
 from pgq_sa._worker import driver_path
 from pgq_sa._worker.effects import Lane
@@ -265,3 +267,41 @@ def open_lanes(database: Database, fetchers: int) -> dict[tuple[Lane, int], Any]
     lanes[Lane.FINISH, 0] = database.lane(_SETTINGS[Lane.FINISH])
     lanes[Lane.HEARTBEAT, 0] = database.lane(_SETTINGS[Lane.HEARTBEAT])
     return lanes
+
+
+def sync_engine(bind: Engine | str | URL) -> tuple[Engine, bool]:
+    """The ThreadWorker's engine, and whether the worker owns (and so disposes) it."""
+    if isinstance(bind, Engine):
+        return bind, False
+    if isinstance(bind, (str, URL)):
+        return make_engine(bind), True
+    raise TypeError(f"bind must be a sync Engine or a database URL, got {type(bind).__name__}")
+
+
+def async_database(
+    bind: AsyncEngine | Engine | str | URL, backend: str
+) -> tuple[AsyncDatabase, Callable[[], Awaitable[None]]]:
+    """The AsyncWorker's database on ``backend``, and how to dispose of what it created: an
+    AsyncEngine on asyncio (asyncpg unless the URL names psycopg), else a sync engine run in
+    worker threads (trio, or a sync Engine given)."""
+    if isinstance(bind, AsyncEngine):
+        if backend != "asyncio":
+            raise RuntimeError(
+                "an AsyncEngine runs on asyncio only; on trio pass a URL or a sync Engine"
+            )
+        return AsyncioDatabase(bind), _nothing
+    if isinstance(bind, Engine):
+        return ThreadedDatabase(bind), _nothing
+    if backend == "asyncio":
+        engine = make_async_engine(bind)
+        return AsyncioDatabase(engine), engine.dispose
+    sync = make_engine(bind)
+
+    async def dispose() -> None:
+        sync.dispose()
+
+    return ThreadedDatabase(sync), dispose
+
+
+async def _nothing() -> None:
+    return None

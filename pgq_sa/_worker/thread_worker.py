@@ -23,45 +23,23 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from pgq_sa._config import make_engine
 from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
 from pgq_sa._ops.worker import Claimed
 from pgq_sa._queue import Queue
 from pgq_sa._schema import notify_channel
 from pgq_sa._tasks import TaskDefinition
-from pgq_sa._worker import services, transactional
+from pgq_sa._worker import effects, services, transactional
 from pgq_sa._worker.base import Worker
 from pgq_sa._worker.core import fetcher_count
-from pgq_sa._worker.effects import (
-    Call,
-    Effect,
-    Lane,
-    ListenClose,
-    ListenConnect,
-    ListenWait,
-    Service,
-    Shutdown,
-    ShutdownStep,
-    Signal,
-    Wait,
-)
+from pgq_sa._worker.effects import Signal
 from pgq_sa._worker.handlers import failed_around, run_async_handler
-from pgq_sa._worker.lanes import SyncDatabase, open_lanes
+from pgq_sa._worker.lanes import SyncDatabase, open_lanes, sync_engine
 from pgq_sa._worker.listener import ListenConnection
 from pgq_sa._worker.options import worker_options
 from pgq_sa._worker.timers import TimerThread
 
 T = TypeVar("T")
-
-
-def sync_engine(bind: Engine | str | URL) -> tuple[Engine, bool]:
-    """The engine to use, and whether the worker owns (and so disposes) it."""
-    if isinstance(bind, Engine):
-        return bind, False
-    if isinstance(bind, (str, URL)):
-        return make_engine(bind), True
-    raise TypeError(f"bind must be a sync Engine or a database URL, got {type(bind).__name__}")
 
 
 class ThreadWorker(Worker):
@@ -98,13 +76,6 @@ class ThreadWorker(Worker):
         transactional.refuse_async(options, "ThreadWorker")
         super().__init__(queue, options, name, handle_signals)
         self._engine, self._owns_engine = sync_engine(bind)
-        self._driver: _Threads | None = None
-
-    def stop(self) -> None:
-        """Stop claiming, let running jobs finish (within ``shutdown_timeout``); any thread."""
-        self._stop_requested.set()
-        if self._driver is not None:
-            self._driver.stop()
 
     def run(self, *, until_empty: bool = False) -> None:
         """Work until stopped; with ``until_empty`` return once nothing due is left."""
@@ -216,14 +187,14 @@ class _Threads:
         thread.start()
         return thread
 
-    def _serve(self, service: Service[None]) -> None:
+    def _serve(self, service: effects.Service[None]) -> None:
         try:
             self._drive(service)
         except Exception:  # a service must never die silently
             services.log.exception("worker service failed; stopping the worker")
             self.stop()
 
-    def _drive(self, service: Service[T]) -> T:
+    def _drive(self, service: effects.Service[T]) -> T:
         """Run one service to its end: each step under the lock, each effect outside it."""
         sent: Any = None
         error: BaseException | None = None
@@ -238,33 +209,33 @@ class _Threads:
             except services.DATABASE_ERRORS as failure:
                 error = failure
 
-    def _perform(self, effect: Effect) -> Any:
+    def _perform(self, effect: effects.Effect) -> Any:
         match effect:
-            case Call(operation, lane, number):
-                if lane is Lane.POOL:
+            case effects.Call(operation, lane, number):
+                if lane is effects.Lane.POOL:
                     return self._database.run(operation)
                 return self._lanes[lane, number].run(operation)
-            case Wait(signal, timeout):
+            case effects.Wait(signal, timeout):
                 return self._events[signal].wait(timeout)
-            case ListenConnect():
+            case effects.ListenConnect():
                 return self._listen.connect()
-            case ListenWait(timeout):
+            case effects.ListenWait(timeout):
                 return self._listen.wait(timeout)
-            case ListenClose():
+            case effects.ListenClose():
                 return self._listen.close()
-            case Shutdown(step):
+            case effects.Shutdown(step):
                 return self._shut_down(step)
         raise AssertionError(f"unknown effect {effect!r}")  # pragma: no cover
 
-    def _shut_down(self, step: ShutdownStep) -> None:
-        if step is ShutdownStep.STOP_RUNNERS:
+    def _shut_down(self, step: effects.ShutdownStep) -> None:
+        if step is effects.ShutdownStep.STOP_RUNNERS:
             for _ in self._handlers:
                 self._work.put(None)
-        elif step is ShutdownStep.JOIN_COMPLETER:
+        elif step is effects.ShutdownStep.JOIN_COMPLETER:
             self._services["completer"].join()
-        elif step is ShutdownStep.CLOSE_LANES:
+        elif step is effects.ShutdownStep.CLOSE_LANES:
             self._close_lanes()
-        elif step is ShutdownStep.JOIN_SERVICES:
+        elif step is effects.ShutdownStep.JOIN_SERVICES:
             for name, thread in self._services.items():
                 if name != "completer":
                     thread.join()
