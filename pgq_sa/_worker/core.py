@@ -312,8 +312,12 @@ class WorkerCore:
         return unfinished
 
     def close_completer(self) -> None:
+        """The completer writes what is pending and ends; a write that fails now is not retried
+        (the hand-back or the rescue recovers those jobs), so a dead database cannot hold up
+        the shutdown."""
         self.completer_closing = True
         self.runtime.set(Signal.OUTCOME_READY)
+        self.runtime.set(Signal.FINAL)
 
     def close(self) -> None:
         self.closing = True

@@ -31,6 +31,7 @@ class Signal(enum.Enum):
     HANDOVER = "handover"  # a fetcher took pending outcomes along, or stopped being hungry
     STOPPING = "stopping"  # stop claiming; running jobs may finish
     CLOSING = "closing"  # the services end
+    FINAL = "final"  # the shutdown waits for the completer: its writes are tried, not retried
     REGISTERED = "registered"  # the worker's row is alive again (after a re-registration)
     BEAT_NOW = "beat now"  # a claim found the worker's row dead: heartbeat at once
 

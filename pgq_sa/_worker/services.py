@@ -219,6 +219,8 @@ def _claim(
             number,
             give_up=Signal.STOPPING,
         )
+        if free is None and not claimed:
+            return None
         claimed.extend(free or ())
     return claimed
 
@@ -229,8 +231,11 @@ def _return_strays(core: WorkerCore) -> Service[None]:
     while core.claiming and not core.closing:
         yield Wait(Signal.CLOSING, 0.05)
     keep = sorted(core.held)
-    yield from retrying(
-        core, "hand back", lambda: protocol.hand_back(core.statements, core.worker_id, keep)
+    yield from retrying(  # once stopping, the final hand-back does it
+        core,
+        "hand back",
+        lambda: protocol.hand_back(core.statements, core.worker_id, keep),
+        give_up=Signal.STOPPING,
     )
 
 
@@ -259,6 +264,7 @@ def completer(core: WorkerCore) -> Service[None]:
             "finish",
             lambda batch=batch: protocol.finish(core.statements, core.worker_id, batch),  # type: ignore[misc]
             Lane.FINISH,
+            give_up=Signal.FINAL,
         )
         core.written(batch, finished)
 

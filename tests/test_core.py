@@ -1,0 +1,383 @@
+"""The worker core without a database: its accounting and decisions, and its services stepped
+effect by effect (the answer to each database call is given by the test).
+
+These are unit tests of pure code (no I/O happens in the core); the same scenarios run against
+PostgreSQL through both drivers in test_workers.py, test_lifecycle.py and the others.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from pgq_sa import Queue
+from pgq_sa._decisions import Outcome
+from pgq_sa._job import Job
+from pgq_sa._ops.worker import Claimed, Finished, Identity
+from pgq_sa._worker import services
+from pgq_sa._worker.core import MAX_FINISH_BATCH, WorkerCore
+from pgq_sa._worker.effects import Call, Lane, Shutdown, ShutdownStep, Signal, Wait
+from pgq_sa._worker.options import worker_options
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+class RecordingRuntime:
+    """The core's Runtime, recording what the core asked for."""
+
+    def __init__(self) -> None:
+        self.signals: set[Signal] = set()
+        self.later: list[tuple[float, Signal]] = []
+        self.dispatched: list[Claimed] = []
+        self.interrupted: list[int] = []
+
+    def set(self, signal: Signal) -> None:
+        self.signals.add(signal)
+
+    def clear(self, signal: Signal) -> None:
+        self.signals.discard(signal)
+
+    def call_later(self, delay: float, signal: Signal) -> None:
+        self.later.append((delay, signal))
+
+    def dispatch(self, items: list[Claimed]) -> None:
+        self.dispatched.extend(items)
+
+    def interrupt(self, job: Job) -> None:
+        self.interrupted.append(job.id)
+
+
+def make_core(capacity=10, batch_size=4, *, limited=False, until_empty=False) -> WorkerCore:
+    queue = Queue()
+
+    @queue.task("free")
+    def free(job):
+        return None
+
+    if limited:
+
+        @queue.task("limited", concurrency=2)
+        def limited_task(job):
+            return None
+
+    options = worker_options(
+        queue,
+        capacity=capacity,
+        capacity_name="threads",
+        batch_size=batch_size,
+        queues=None,
+        heartbeat_interval=1.0,
+        lease_timeout=3.0,
+        poll_interval=0.5,
+        shutdown_timeout=5.0,
+    )
+    core = WorkerCore(queue, options, Identity.new("test"), RecordingRuntime(), until_empty)
+    core.mark_registered()
+    return core
+
+
+_ids = iter(range(1, 10**9))
+
+
+def claimed(count: int, task: str = "free") -> list[Claimed]:
+    return [
+        Claimed(Job(next(_ids), task, None, 1, 3, 0, "default", NOW), None, False)
+        for _ in range(count)
+    ]
+
+
+def succeeded(item: Claimed) -> Outcome:
+    return Outcome(item.job.id, item.job.attempt, "succeeded")
+
+
+# --- accounting ------------------------------------------------------------------------------
+
+
+def test_reservations_never_exceed_the_free_slots():
+    core = make_core(capacity=10, batch_size=4)
+    first, second, third = core.reserve(), core.reserve(), core.reserve()
+    assert [r.limit for r in (first, second, third)] == [4, 4, 2]
+    assert core.reserve() is None  # every slot reserved
+    core.record_claim(first, claimed(1))  # three slots come back
+    assert core.busy == 7
+    assert core.reserve().limit == 3
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_busy_slots_always_match_reservations_plus_running_jobs(seed):
+    """Random interleavings of reserve / answer / start / finish / write keep the books."""
+    rng = random.Random(seed)
+    core = make_core(capacity=rng.randint(1, 20), batch_size=rng.randint(1, 8))
+    open_reservations, started = [], []
+    runtime = core.runtime
+    for _ in range(500):
+        action = rng.choice(["reserve", "answer", "start", "finish", "write"])
+        if action == "reserve" and (reservation := core.reserve()) is not None:
+            open_reservations.append(reservation)
+        elif action == "answer" and open_reservations:
+            reservation = open_reservations.pop(rng.randrange(len(open_reservations)))
+            if reservation.piggyback:
+                core.written(reservation.piggyback, None)
+            core.record_claim(reservation, claimed(rng.randint(0, reservation.limit)))
+        elif action == "start" and runtime.dispatched:
+            item = runtime.dispatched.pop(0)
+            assert core.start(item) is not None
+            started.append(item)
+        elif action == "finish" and started:
+            item = started.pop(rng.randrange(len(started)))
+            core.release(item.job, succeeded(item))
+        elif action == "write" and core.pending:
+            core.written(core.take_batch(), None)
+        reserved = sum(r.limit for r in open_reservations)
+        assert core.busy == reserved + len(runtime.dispatched) + len(started)
+        assert 0 <= core.busy <= core.options.capacity
+        riding = sum(len(r.piggyback or ()) for r in open_reservations)
+        held = len(runtime.dispatched) + len(started) + len(core.pending) + riding
+        assert core.unwritten == len(core.held) == held
+
+
+def test_pending_outcomes_ride_along_with_the_next_claim():
+    core = make_core(capacity=4, batch_size=4)
+    reservation = core.reserve()
+    core.record_claim(reservation, items := claimed(2))
+    for item in items:
+        core.start(item)
+        core.release(item.job, succeeded(item))
+    piggyback = core.reserve()
+    assert [o.job_id for o in piggyback.piggyback] == [i.job.id for i in items]
+    assert core.pending == [] and core.taken == 2
+    core.claim_refused(piggyback)  # the claim gave up: the outcomes wait for the completer
+    assert [o.job_id for o in core.pending] == [i.job.id for i in items]
+
+
+def test_limited_tasks_never_ride_along():
+    core = make_core(limited=True)
+    reservation = core.reserve()
+    core.record_claim(reservation, items := claimed(1))
+    core.start(items[0])
+    core.release(items[0].job, succeeded(items[0]))
+    assert core.reserve().piggyback is None  # limited tasks claim in a transaction of their own
+
+
+def test_a_stop_hands_back_exactly_what_did_not_start():
+    core = make_core(capacity=8, batch_size=8)
+    core.record_claim(core.reserve(), items := claimed(5))
+    running = items[:2]
+    for item in running:
+        assert core.start(item) is not None
+    core.begin_stop()
+    for item in items[2:]:
+        assert core.start(item) is None  # not started: left to the final hand-back
+    assert core.held == {item.job.id for item in running}
+    assert core.busy == 2
+    # the grace period ends with one of the two still running
+    core.release(running[0].job, succeeded(running[0]))
+    interrupted = core.interrupt_unfinished()
+    assert [job.id for job in interrupted] == [running[1].job.id]
+    core.release(running[1].job, succeeded(running[1]))  # interrupted: not recorded
+    assert [o.job_id for o in core.pending] == [running[0].job.id]
+    core.written(core.take_batch(), None)
+    assert core.held == set() and core.unwritten == 0 and core.busy == 0
+
+
+def test_writes_wake_the_leader_when_it_matters():
+    core = make_core()
+    core.runtime.signals.clear()
+    core.written([], None)
+    assert Signal.WAKE not in core.runtime.signals  # nothing to re-check
+    core.until_empty = True
+    core.written([], None)
+    assert Signal.WAKE in core.runtime.signals  # until_empty re-checks after every write
+    limited = make_core(limited=True)
+    limited.runtime.signals.clear()
+    limited.written([], None)
+    assert Signal.WAKE in limited.runtime.signals  # a limited task's slot may have freed
+
+
+def test_a_retry_due_later_wakes_the_leader_then():
+    core = make_core()
+    core.clock = lambda: 1000.0
+    later = datetime.fromtimestamp(1007.5, timezone.utc)
+    core.written([], Finished({}, (), later))
+    assert core.runtime.later == [(7.5, Signal.WAKE)]
+
+
+def test_until_empty_needs_an_empty_claim_no_work_and_no_write_since():
+    core = make_core(until_empty=True)
+    reservation = core.reserve()
+    core.record_claim(reservation, [])
+    assert core.drained(reservation, 0)
+    reservation = core.reserve()
+    core.record_claim(reservation, [])
+    core.written([], None)  # a write during the claim may have queued a retry that is due
+    assert not core.drained(reservation, 0)
+    reservation = core.reserve()
+    core.record_claim(reservation, items := claimed(1))
+    assert not core.drained(reservation, 1)
+    core.start(items[0])
+    reservation = core.reserve()
+    core.record_claim(reservation, [])
+    assert not core.drained(reservation, 0)  # one still runs
+
+
+def test_a_dead_row_stops_claims_until_registered_again():
+    core = make_core()
+    old = core.worker_id
+    core.claim_answered(alive=False)
+    assert core.reserve() is None
+    assert Signal.BEAT_NOW in core.runtime.signals
+    core.reincarnate()
+    core.mark_registered()
+    assert core.worker_id != old
+    assert core.reserve() is not None
+
+
+def test_cancel_reaches_only_jobs_running_here():
+    core = make_core()
+    core.record_claim(core.reserve(), items := claimed(2))
+    core.start(items[0])
+    core.cancel([items[0].job.id, 999_999])
+    assert items[0].job.cancel_reason == "cancel"
+    assert core.runtime.interrupted == [items[0].job.id]
+
+
+def test_finish_batches_are_bounded():
+    core = make_core(capacity=5000, batch_size=5000)
+    core.pending = [Outcome(n, 1, "succeeded") for n in range(2500)]
+    assert len(core.take_batch()) == MAX_FINISH_BATCH
+    assert len(core.pending) == 2500 - MAX_FINISH_BATCH
+
+
+# --- services, stepped ---------------------------------------------------------------------------
+
+
+def step(service, sent=None, error=None):
+    done, value = services.advance(service, sent, error)
+    assert not done, f"the service ended with {value!r}"
+    return value
+
+
+def test_the_leader_claims_a_batch_then_waits_for_a_wake_up():
+    core = make_core(capacity=10, batch_size=4)
+    fetcher = services.fetcher(core, 0)
+    call = step(fetcher)
+    assert isinstance(call, Call) and call.lane is Lane.CLAIM
+    statement, params = next(call.operation)
+    assert statement is core.statements.claim and params["limit"] == 4
+    effect = step(fetcher, claimed(4))  # full: claim again at once
+    assert isinstance(effect, Call) and core.hungry == 1
+    effect = step(fetcher, claimed(1))  # not full: wait for a NOTIFY or the poll interval
+    assert effect == Wait(Signal.WAKE, core.options.poll_interval)
+    assert core.hungry == 0 and len(core.runtime.dispatched) == 5
+
+
+def test_a_claim_with_pending_outcomes_writes_them_in_the_same_statement():
+    core = make_core(capacity=4, batch_size=4)
+    core.record_claim(core.reserve(), items := claimed(1))
+    core.start(items[0])
+    core.release(items[0].job, succeeded(items[0]))
+    fetcher = services.fetcher(core, 0)
+    call = step(fetcher)
+    statement, params = next(call.operation)
+    assert statement is core.statements.finish_and_claim
+    finished = Finished({items[0].job.id: "succeeded"}, (), None)
+    step(fetcher, (finished, []))
+    assert core.processed == 1 and core.unwritten == 0
+
+
+def test_retrying_backs_off_and_gives_up_only_when_told():
+    core = make_core()
+    fetcher = services.fetcher(core, 0)
+    step(fetcher)
+    error = OperationalError("SELECT", {}, Exception("server closed the connection"))
+    waits = []
+    for _ in range(4):
+        wait = step(fetcher, error=error)
+        waits.append(wait.timeout)
+        assert wait.signal is Signal.STOPPING  # a claim stops retrying once the worker stops
+        assert isinstance(step(fetcher, False), Call)  # not stopped: try again
+    assert waits == list(services.RETRY_DELAYS[:4])
+    assert core.problems.current == {"claim": "server closed the connection"}
+    wait = step(fetcher, error=error)
+    core.begin_stop()
+    done, _ = services.advance(fetcher, True, None)  # stopped while waiting: it gives up
+    assert done
+    assert core.busy == 0  # its reservation was given back
+
+
+def test_until_empty_stops_the_worker_once_drained():
+    core = make_core(until_empty=True)
+    fetcher = services.fetcher(core, 0)
+    step(fetcher)
+    done, _ = services.advance(fetcher, [], None)
+    assert done and core.stopping
+
+
+def test_the_shutdown_waits_for_running_jobs_then_hands_back_the_rest():
+    core = make_core(capacity=4, batch_size=4)
+    core.record_claim(core.reserve(), items := claimed(2))
+    core.start(items[0])
+    core.start(items[1])
+    shutdown = services.shutdown(core)
+    assert step(shutdown) == Wait(Signal.SLOT_FREED, pytest.approx(0.05, abs=0.01))
+    core.release(items[0].job, succeeded(items[0]))
+    assert isinstance(step(shutdown, True), Wait)  # one still runs
+    core.release(items[1].job, succeeded(items[1]))
+    assert step(shutdown, True) == Shutdown(ShutdownStep.STOP_RUNNERS)
+    assert step(shutdown) == Shutdown(ShutdownStep.JOIN_COMPLETER)
+    assert core.completer_closing
+    assert step(shutdown) == Shutdown(ShutdownStep.CLOSE_LANES)
+    hand_back = step(shutdown)
+    assert core.closing
+    statement, params = next(hand_back.operation)
+    assert statement is core.statements.hand_back and params["keep"] == []
+    deregister = step(shutdown, 0)
+    assert next(deregister.operation)[0] is core.statements.deregister_worker
+    assert step(shutdown, None) == Shutdown(ShutdownStep.JOIN_SERVICES)
+
+
+def test_a_forced_stop_does_not_wait_for_running_jobs():
+    core = make_core()
+    core.record_claim(core.reserve(), items := claimed(1))
+    core.start(items[0])
+    core.begin_stop(force=True)
+    shutdown = services.shutdown(core)
+    assert step(shutdown) == Shutdown(ShutdownStep.STOP_RUNNERS)
+    assert items[0].job.cancel_reason == "shutdown"
+
+
+def test_the_completer_leaves_outcomes_to_a_hungry_fetcher_for_a_moment():
+    core = make_core()
+    core.record_claim(core.reserve(), items := claimed(1))
+    core.start(items[0])
+    core.release(items[0].job, succeeded(items[0]))
+    core.set_hungry(False, True)
+    completer = services.completer(core)
+    wait = step(completer)
+    assert wait.signal is Signal.HANDOVER
+    core.reserve()  # the fetcher takes them along
+    effect = step(completer, True)
+    assert effect == Wait(Signal.OUTCOME_READY, core.options.poll_interval)  # nothing left
+
+
+def test_the_heartbeat_registers_a_new_incarnation_when_its_row_is_gone():
+    core = make_core()
+    old = core.worker_id
+    heartbeat = services.heartbeat(core)
+    step(heartbeat)  # wait for the interval
+    beat = step(heartbeat, False)
+    assert next(beat.operation)[1]["worker_id"] == old
+    from pgq_sa._ops.worker import Heartbeat
+
+    register = step(heartbeat, Heartbeat(alive=False, cancel=()))
+    assert not core.registered and core.worker_id != old
+    statement, params = next(register.operation)
+    assert statement is core.statements.register_worker
+    assert params["worker_id"] == core.worker_id
+    assert params["lease_timeout"] == core.options.lease_timeout
+    step(heartbeat, True)  # the limits
+    step(heartbeat, True)
+    assert core.registered
