@@ -56,3 +56,12 @@ def until_awaited(engine: Engine, job_id: int, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} was never flagged awaited")
         time.sleep(0.01)
+
+
+def register(engine: Engine, queue: Any, identity: Any, tasks: tuple[str, ...] = ("t",)) -> Any:
+    """Register ``identity`` as a live worker (a claim needs its claimer's row alive)."""
+    from pgq_sa._ops import worker as protocol
+    from pgq_sa._ops.drive import run_sync
+
+    run_sync(engine, protocol.register(queue.statements, identity, list(tasks), None, 1, 5.0, 60.0))
+    return identity

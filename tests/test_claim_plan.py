@@ -8,6 +8,7 @@ import logging
 import uuid
 
 import pytest
+from helpers import register
 from sqlalchemy import text
 
 from pgq_sa import Queue
@@ -77,8 +78,8 @@ def test_a_write_without_the_lease_changes_nothing_and_is_logged(engine, caplog)
     queue = Queue()
     job_id = queue.enqueue(engine, "t")
     database = SyncDatabase(engine)
-    holder = protocol.Identity.new("test")
-    (claimed,) = database.run(protocol.claim(queue.statements, holder.id, ["t"], None, 1))
+    holder = register(engine, queue, protocol.Identity.new("test"))
+    (claimed,) = database.run(protocol.claim(queue.statements, holder.id, ["t"], None, 1)).jobs
     before = queue.get(engine, job_id)
     stranger = uuid.uuid4()
     outcome = succeeded(job_id, claimed.job.attempt, "late")
@@ -101,11 +102,11 @@ def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_sta
     queue = Queue()
     first, second, third = (queue.enqueue(engine, "t", {"n": n}) for n in range(3))
     database = SyncDatabase(engine)
-    holder = protocol.Identity.new("test")
-    (claimed,) = database.run(protocol.claim(queue.statements, holder.id, ["t"], None, 1))
+    holder = register(engine, queue, protocol.Identity.new("test"))
+    (claimed,) = database.run(protocol.claim(queue.statements, holder.id, ["t"], None, 1)).jobs
     assert claimed.job.id == first
     outcome = succeeded(first, claimed.job.attempt, "done")
-    stranger = uuid.uuid4()
+    stranger = register(engine, queue, protocol.Identity.new("other")).id  # another live worker
     with caplog.at_level(logging.WARNING, logger="pgq_sa.worker"):
         finished, taken = database.run(
             protocol.finish_and_claim(queue.statements, stranger, [outcome], ["t"], None, 1)
@@ -113,7 +114,7 @@ def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_sta
     assert finished.lost == (outcome,)
     assert finished.recorded == {}
     assert "lease lost" in caplog.text
-    assert [c.job.id for c in taken] == [second]  # the claim part ran all the same
+    assert [c.job.id for c in taken.jobs] == [second]  # the claim part ran all the same
     assert queue.get(engine, first).status == "running"
     retry = Outcome(first, claimed.job.attempt, "queued", delay=0.0)
     finished, taken = database.run(
@@ -122,9 +123,9 @@ def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_sta
     assert finished.recorded == {first: "queued"}
     assert finished.next_run_at is not None
     # Same snapshot: the job queued again by this statement is not claimed by it.
-    assert [c.job.id for c in taken] == [third]
-    assert taken[0].job.payload == {"n": 2}
-    assert taken[0].job.attempt == 1
+    assert [c.job.id for c in taken.jobs] == [third]
+    assert taken.jobs[0].job.payload == {"n": 2}
+    assert taken.jobs[0].job.attempt == 1
     info = queue.get(engine, first)
     assert info.status == "queued"
     assert info.attempts == 1

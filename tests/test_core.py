@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from pgq_sa import Queue
 from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
-from pgq_sa._ops.worker import Claimed, Finished, Identity
+from pgq_sa._ops.worker import Claimed, Claims, Finished, Identity
 from pgq_sa._worker import services
 from pgq_sa._worker.core import MAX_FINISH_BATCH, WorkerCore
 from pgq_sa._worker.effects import Call, Lane, Shutdown, ShutdownStep, Signal, Wait
@@ -148,7 +148,8 @@ def test_pending_outcomes_ride_along_with_the_next_claim():
         core.release(item.job, succeeded(item))
     piggyback = core.reserve()
     assert [o.job_id for o in piggyback.piggyback] == [i.job.id for i in items]
-    assert core.pending == [] and core.taken == 2
+    assert core.pending == []
+    assert core.taken == 2
     core.claim_refused(piggyback)  # the claim gave up: the outcomes wait for the completer
     assert [o.job_id for o in core.pending] == [i.job.id for i in items]
 
@@ -180,7 +181,9 @@ def test_a_stop_hands_back_exactly_what_did_not_start():
     core.release(running[1].job, succeeded(running[1]))  # interrupted: not recorded
     assert [o.job_id for o in core.pending] == [running[0].job.id]
     core.written(core.take_batch(), None)
-    assert core.held == set() and core.unwritten == 0 and core.busy == 0
+    assert core.held == set()
+    assert core.unwritten == 0
+    assert core.busy == 0
 
 
 def test_writes_wake_the_leader_when_it_matters():
@@ -264,14 +267,18 @@ def test_the_leader_claims_a_batch_then_waits_for_a_wake_up():
     core = make_core(capacity=10, batch_size=4)
     fetcher = services.fetcher(core, 0)
     call = step(fetcher)
-    assert isinstance(call, Call) and call.lane is Lane.CLAIM
+    assert isinstance(call, Call)
+    assert call.lane is Lane.CLAIM
     statement, params = next(call.operation)
-    assert statement is core.statements.claim and params["limit"] == 4
-    effect = step(fetcher, claimed(4))  # full: claim again at once
-    assert isinstance(effect, Call) and core.hungry == 1
-    effect = step(fetcher, claimed(1))  # not full: wait for a NOTIFY or the poll interval
+    assert statement is core.statements.claim
+    assert params["limit"] == 4
+    effect = step(fetcher, Claims(claimed(4)))  # full: claim again at once
+    assert isinstance(effect, Call)
+    assert core.hungry == 1
+    effect = step(fetcher, Claims(claimed(1)))  # not full: wait for a NOTIFY or the poll interval
     assert effect == Wait(Signal.WAKE, core.options.poll_interval)
-    assert core.hungry == 0 and len(core.runtime.dispatched) == 5
+    assert core.hungry == 0
+    assert len(core.runtime.dispatched) == 5
 
 
 def test_a_claim_with_pending_outcomes_writes_them_in_the_same_statement():
@@ -281,11 +288,12 @@ def test_a_claim_with_pending_outcomes_writes_them_in_the_same_statement():
     core.release(items[0].job, succeeded(items[0]))
     fetcher = services.fetcher(core, 0)
     call = step(fetcher)
-    statement, params = next(call.operation)
+    statement, _params = next(call.operation)
     assert statement is core.statements.finish_and_claim
     finished = Finished({items[0].job.id: "succeeded"}, (), None)
-    step(fetcher, (finished, []))
-    assert core.processed == 1 and core.unwritten == 0
+    step(fetcher, (finished, Claims([])))
+    assert core.processed == 1
+    assert core.unwritten == 0
 
 
 def test_retrying_backs_off_and_gives_up_only_when_told():
@@ -312,8 +320,9 @@ def test_until_empty_stops_the_worker_once_drained():
     core = make_core(until_empty=True)
     fetcher = services.fetcher(core, 0)
     step(fetcher)
-    done, _ = services.advance(fetcher, [], None)
-    assert done and core.stopping
+    done, _ = services.advance(fetcher, Claims([]), None)
+    assert done
+    assert core.stopping
 
 
 def test_the_shutdown_waits_for_running_jobs_then_hands_back_the_rest():
@@ -329,14 +338,17 @@ def test_the_shutdown_waits_for_running_jobs_then_hands_back_the_rest():
     assert step(shutdown, True) == Shutdown(ShutdownStep.STOP_RUNNERS)
     assert step(shutdown) == Shutdown(ShutdownStep.JOIN_COMPLETER)
     assert core.completer_closing
+    assert step(shutdown) == Shutdown(ShutdownStep.JOIN_SERVICES)
+    assert core.closing
     assert step(shutdown) == Shutdown(ShutdownStep.CLOSE_LANES)
     hand_back = step(shutdown)
-    assert core.closing
     statement, params = next(hand_back.operation)
-    assert statement is core.statements.hand_back and params["keep"] == []
+    assert statement is core.statements.hand_back
+    assert params["keep"] == []
     deregister = step(shutdown, 0)
     assert next(deregister.operation)[0] is core.statements.deregister_worker
-    assert step(shutdown, None) == Shutdown(ShutdownStep.JOIN_SERVICES)
+    done, _ = services.advance(shutdown, None, None)
+    assert done
 
 
 def test_a_forced_stop_does_not_wait_for_running_jobs():
@@ -373,7 +385,8 @@ def test_the_heartbeat_registers_a_new_incarnation_when_its_row_is_gone():
     from pgq_sa._ops.worker import Heartbeat
 
     register = step(heartbeat, Heartbeat(alive=False, cancel=()))
-    assert not core.registered and core.worker_id != old
+    assert not core.registered
+    assert core.worker_id != old
     statement, params = next(register.operation)
     assert statement is core.statements.register_worker
     assert params["worker_id"] == core.worker_id

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 import anyio
 import pytest
+from helpers import register
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -35,7 +36,9 @@ def _claim_and_finish(url, statements, worker_id, limit: int, through_driver: bo
         if not through_driver:
             lane._statements = None  # the SQLAlchemy path, for comparison
         try:
-            claimed = await lane.run(protocol.claim(statements, worker_id, ["t"], None, limit))
+            claimed = (
+                await lane.run(protocol.claim(statements, worker_id, ["t"], None, limit))
+            ).jobs
             assert (lane._driver is not None) is through_driver
             retried, *rest = claimed
             outcomes = [
@@ -47,7 +50,7 @@ def _claim_and_finish(url, statements, worker_id, limit: int, through_driver: bo
             finished, more = await lane.run(
                 protocol.finish_and_claim(statements, worker_id, outcomes, ["t"], None, 2)
             )
-            return claimed, finished, more
+            return claimed, finished, more.jobs
         finally:
             await lane.close()
             await engine.dispose()
@@ -57,7 +60,7 @@ def _claim_and_finish(url, statements, worker_id, limit: int, through_driver: bo
 
 def test_the_driver_path_returns_what_sqlalchemy_returns(engine, database_url):
     queue = Queue()
-    worker = Identity.new("async")
+    worker = register(engine, queue, Identity.new("async"))
     specs = [JobSpec("t", p) for p in [*PAYLOADS, "extra 1", "extra 2"]]
     first = queue.enqueue_many(engine, specs)
     by_driver, driver_finished, driver_more = _claim_and_finish(
@@ -96,7 +99,7 @@ def test_the_driver_path_returns_what_sqlalchemy_returns(engine, database_url):
 
 def test_driver_errors_reach_the_worker_as_dbapi_errors(engine, database_url):
     queue = Queue()
-    worker = Identity.new("async")
+    worker = register(engine, queue, Identity.new("async"))
 
     async def main() -> None:
         async_engine = make_async_engine(database_url.set(drivername="postgresql"))  # asyncpg
@@ -113,7 +116,8 @@ def test_driver_errors_reach_the_worker_as_dbapi_errors(engine, database_url):
             with pytest.raises(DBAPIError):
                 await lane.run(protocol.claim(queue.statements, worker.id, ["t"], None, 1))
             # the lane was closed as broken; the next run opens a fresh connection
-            assert await lane.run(protocol.claim(queue.statements, worker.id, ["t"], None, 1)) == []
+            claims = await lane.run(protocol.claim(queue.statements, worker.id, ["t"], None, 1))
+            assert claims.jobs == []
         finally:
             await lane.close()
             await async_engine.dispose()

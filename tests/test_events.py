@@ -60,8 +60,9 @@ def _ghost_claim(engine, queue: Queue, task: str) -> protocol.Identity:
     """A worker that registers, claims a job, and falls silent: a crashed worker, as the
     database sees one (its row stops heartbeating, its job stays running)."""
     ghost = protocol.Identity.new("ghost")
-    run_sync(engine, protocol.register(queue.statements, ghost, [task], None, 1, 5.0, 30.0))
-    claimed = run_sync(engine, protocol.claim(queue.statements, ghost.id, [task], None, 1))
+    # its own lease is short: the rescue takes its job 1.5 s after it fell silent
+    run_sync(engine, protocol.register(queue.statements, ghost, [task], None, 1, 0.25, 1.5))
+    claimed = run_sync(engine, protocol.claim(queue.statements, ghost.id, [task], None, 1)).jobs
     assert len(claimed) == 1
     return ghost
 

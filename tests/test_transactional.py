@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import anyio
 import anyio.to_thread
@@ -43,7 +44,8 @@ def _lose_lease(queue: Queue, engine, job: Job) -> None:
             ),
             {"j": job.id},
         )
-    rescued = run_sync(engine, protocol.rescue(queue.statements, 60.0))
+    rescuer = uuid.uuid4()  # another worker
+    rescued = run_sync(engine, protocol.rescue(queue.statements, rescuer, 60.0))
     assert rescued.requeued >= 1
 
 

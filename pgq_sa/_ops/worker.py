@@ -114,20 +114,28 @@ class Claimed(NamedTuple):
     cancel_requested: bool
 
 
+class Claims(NamedTuple):
+    """What a claim leased, and whether the claimer's row was alive (a claimer declared dead
+    leases nothing until it registers again)."""
+
+    jobs: list[Claimed]
+    alive: bool = True
+
+
 def claim(
     statements: Statements,
     worker_id: uuid.UUID,
     tasks: Sequence[str],
     queues: Sequence[str] | None,
     limit: int,
-) -> Operation[list[Claimed]]:
+) -> Operation[Claims]:
     """Lease up to ``limit`` jobs; they come back as handler-ready ``Job`` objects."""
     params: dict[str, Any] = {"worker_id": worker_id, "tasks": list(tasks), "limit": limit}
     if queues is None:
         rows = yield statements.claim, params
     else:
         rows = yield statements.claim_in_queues, {**params, "queues": list(queues)}
-    return _claimed(rows)
+    return _claims(rows)
 
 
 def claim_limited(
@@ -136,7 +144,7 @@ def claim_limited(
     tasks: Sequence[str],
     queues: Sequence[str] | None,
     limit: int,
-) -> Operation[list[Claimed]]:
+) -> Operation[Claims]:
     """Claim jobs of tasks with cluster-wide limits; must run inside one transaction."""
     yield statements.lock_limits, {"tasks": list(tasks)}
     params: dict[str, Any] = {"worker_id": worker_id, "tasks": list(tasks), "limit": limit}
@@ -144,10 +152,17 @@ def claim_limited(
         rows = yield statements.claim_limited, params
     else:
         rows = yield statements.claim_limited_in_queues, {**params, "queues": list(queues)}
-    return _claimed([row[:_CLAIMED] for row in rows])  # then "paced"
+    return _claims([row[:_CLAIMED] for row in rows])  # then "paced"
 
 
 _CLAIMED = len(CLAIMED_COLUMNS)
+
+
+def _claims(rows: Sequence[Any]) -> Claims:
+    """The claimed rows, or the one row of NULLs a claimer without a live row gets."""
+    if len(rows) == 1 and rows[0][0] is None:
+        return Claims([], alive=False)
+    return Claims(_claimed(rows))
 
 
 def _claimed(rows: Sequence[Any]) -> list[Claimed]:
@@ -216,7 +231,7 @@ def finish_and_claim(
     tasks: Sequence[str],
     queues: Sequence[str] | None,
     limit: int,
-) -> Operation[tuple[Finished, list[Claimed]]]:
+) -> Operation[tuple[Finished, Claims]]:
     """Write ``outcomes`` (as :func:`finish`) and lease up to ``limit`` jobs (as :func:`claim`)
     in one statement, so a busy worker pays one round trip and one commit per batch. Outcomes
     already ``written`` (by a transactional task's own transaction) are not written again."""
@@ -234,6 +249,7 @@ def finish_and_claim(
     claimed_rows: list[Any] = []
     recorded: dict[int, str] = {}
     next_retry = None
+    alive = True
     row: Any
     for row in rows:
         if row[0]:  # "claimed": a leased job
@@ -241,10 +257,11 @@ def finish_and_claim(
         else:  # the summary of the outcomes written
             summary = FinishSummaryRow._make(row[1 + _CLAIMED :])
             next_retry = summary.next_run_at
+            alive = bool(summary.alive)
             recorded = dict(
                 zip(summary.written_ids or (), summary.written_states or (), strict=True)
             )
-    return _finished(outcomes, recorded, next_retry), _claimed(claimed_rows)
+    return _finished(outcomes, recorded, next_retry), Claims(_claimed(claimed_rows), alive)
 
 
 def _finished(
@@ -288,11 +305,15 @@ class Rescue:
 
 
 def rescue(
-    statements: Statements, lease_timeout: float, events: EventHub | None = None
+    statements: Statements,
+    worker_id: uuid.UUID,
+    lease_timeout: float,
+    events: EventHub | None = None,
 ) -> Operation[Rescue]:
-    """Requeue the jobs of workers silent for longer than ``lease_timeout``; ``events`` hears
-    of each job rescued."""
-    (row,) = yield statements.rescue, {"lease_timeout": lease_timeout}
+    """Requeue the jobs of workers silent for longer than their lease (``lease_timeout`` for
+    workers that stored none), never the rescuer's own; ``events`` hears of each job rescued."""
+    params = {"lease_timeout": lease_timeout, "worker_id": worker_id}
+    (row,) = yield statements.rescue, params
     result = Rescue(int(row.requeued), int(row.failed), int(row.workers))
     if events is not None and events.active:
         rescued(events, row.jobs)

@@ -14,18 +14,43 @@ from sqlalchemy import ARRAY, Integer, Text, bindparam, func, select, text
 from sqlalchemy.sql.expression import BindParameter, Executable
 
 from pgq_sa._schema import QueueTables
-from pgq_sa._sql.shared import claimed_sql, claimed_types, in_states
+from pgq_sa._sql.shared import CLAIMED_COLUMNS, claimed_sql, claimed_types, in_states
 
 CLAIM_ORDER = "{a}.priority DESC, {a}.run_at, {a}.id"
+
+
+def claimer(s: str) -> str:
+    """The CTE ``me``: the claimer's own row, while its lease (its own) lives.
+
+    Every claim requires it (``claimable``), so a worker that was declared dead claims nothing
+    until it has registered again. The row is locked FOR KEY SHARE until the claim commits: a
+    rescue that already decided the worker is dead holds the row FOR UPDATE, so the claim waits
+    for it and then finds the row gone; a rescue that comes second skips the row (SKIP LOCKED)
+    while the claim is in flight. Either way no job is claimed by a worker being rescued. (KEY
+    SHARE does not conflict with the worker's own heartbeat UPDATE.)"""
+    return f"""me AS (
+    SELECT w.id FROM "{s}".workers AS w
+     WHERE w.id = :worker_id
+       AND w.heartbeat_at > now() - w.lease_timeout * interval '1 second'
+       FOR KEY SHARE
+)"""
+
+
+def dead_claimer_row(columns: int) -> str:
+    """A row of NULLs (``columns`` of them) that only a claimer without a live row gets: how a
+    claim says "register again" when it leases nothing."""
+    return f"SELECT {', '.join(['NULL'] * columns)} WHERE NOT EXISTS (SELECT 1 FROM me)"
 
 
 def claimable(s: str, a: str, *, in_queues: bool, task: str = "any(:tasks)") -> str:
     """SQL conditions on the jobs row ``a`` of schema ``s``: queued, due, of one of the claimer's
     tasks (``task``: the right-hand side of ``a.task =``), in a queue that is not paused, and, when
-    ``in_queues``, in one of the queues named by ``:queues``."""
+    ``in_queues``, in one of the queues named by ``:queues``; and the claimer is alive (the CTE
+    ``me`` of :func:`claimer`, which every claim statement defines)."""
     rule = (
         f"{a}.state = 'queued' AND {a}.run_at <= now() AND {a}.task = {task}\n"
-        f'       AND {a}.queue NOT IN (SELECT q.name FROM "{s}".queues AS q WHERE q.paused)'
+        f'       AND {a}.queue NOT IN (SELECT q.name FROM "{s}".queues AS q WHERE q.paused)\n'
+        "       AND EXISTS (SELECT 1 FROM me)"
     )
     if in_queues:
         rule += f"\n       AND {a}.queue = any(:queues)"
@@ -60,20 +85,27 @@ def parameters(tables: QueueTables, *, in_queues: bool) -> list[BindParameter[ob
 
 
 def claim(tables: QueueTables, *, in_queues: bool) -> Executable:
-    """Lease up to ``limit`` claimable jobs, skipping rows other claimers hold."""
+    """Lease up to ``limit`` claimable jobs, skipping rows other claimers hold; a claimer whose
+    row is not alive gets one row of NULLs instead."""
     s = tables.schema
     return (
         text(
             f"""
-WITH picked AS (
+WITH {claimer(s)},
+picked AS (
     SELECT j.id
       FROM "{s}".jobs AS j
      WHERE {claimable(s, "j", in_queues=in_queues)}
      ORDER BY {order("j")}
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    {lease(s, "picked")}
 )
-{lease(s, "picked")}
+SELECT * FROM claimed
+UNION ALL
+{dead_claimer_row(len(CLAIMED_COLUMNS))}
 """
         )
         .bindparams(*parameters(tables, in_queues=in_queues))

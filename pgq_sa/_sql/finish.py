@@ -15,7 +15,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables, finished_channel
-from pgq_sa._sql.claim import claimable, lease, order
+from pgq_sa._sql.claim import claimable, claimer, lease, order
 from pgq_sa._sql.claim import parameters as claim_parameters
 from pgq_sa._sql.shared import (
     CLAIMED_COLUMNS,
@@ -132,6 +132,7 @@ def finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     statement = text(
         f"""
 WITH {ctes},
+{claimer(s)},
 picked AS (
     SELECT j.id
       FROM "{s}".jobs AS j
@@ -146,12 +147,13 @@ claimed AS (
 )
 SELECT true AS claimed, {", ".join(CLAIMED_COLUMNS)},
        NULL::bigint[] AS written_ids, NULL::text[] AS written_states,
-       NULL::timestamptz AS next_run_at, NULL::bigint AS notices
+       NULL::timestamptz AS next_run_at, NULL::bigint AS notices, NULL::boolean AS alive
   FROM claimed
 UNION ALL
 SELECT false, {", ".join(["NULL"] * len(CLAIMED_COLUMNS))},
        array_agg(done.id), array_agg(done.state::text),
-       min(done.run_at) FILTER (WHERE done.state = 'queued'), (SELECT count(*) FROM notified)
+       min(done.run_at) FILTER (WHERE done.state = 'queued'), (SELECT count(*) FROM notified),
+       EXISTS (SELECT 1 FROM me)
   FROM done
 """
     )
@@ -165,4 +167,5 @@ SELECT false, {", ".join(["NULL"] * len(CLAIMED_COLUMNS))},
         column("written_states", ARRAY(Text)),
         column("next_run_at", DateTime(timezone=True)),
         column("notices", BigInteger),
+        column("alive", Boolean),
     )

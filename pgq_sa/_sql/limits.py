@@ -13,9 +13,9 @@ from sqlalchemy import (
 from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables
-from pgq_sa._sql.claim import claimable, lease, order
+from pgq_sa._sql.claim import claimable, claimer, dead_claimer_row, lease, order
 from pgq_sa._sql.claim import parameters as claim_parameters
-from pgq_sa._sql.shared import JsonColumn, claimed_types, json_rows
+from pgq_sa._sql.shared import CLAIMED_COLUMNS, JsonColumn, claimed_types, json_rows
 
 LIMIT_INPUT: tuple[JsonColumn, ...] = (
     ("tasks", "task", "text"),
@@ -65,7 +65,8 @@ def claim_limited(tables: QueueTables, *, in_queues: bool) -> Executable:
     return (
         text(
             f"""
-WITH limits AS (
+WITH {claimer(s)},
+limits AS (
     SELECT l.task,
            l.rate_period / l.rate_count AS spacing,
            greatest(l.rate_count / 10, 1) AS burst,
@@ -109,6 +110,8 @@ paced AS (
     RETURNING l.task
 )
 SELECT claimed.*, (SELECT count(*) FROM paced) AS paced FROM claimed
+UNION ALL
+{dead_claimer_row(len(CLAIMED_COLUMNS) + 1)}
 """
         )
         .bindparams(*claim_parameters(tables, in_queues=in_queues))

@@ -53,7 +53,9 @@ SELECT count(*) AS handed_back,
 
 def rescue(tables: QueueTables) -> Executable:
     """Requeue (or fail, when out of attempts) the jobs of workers whose heartbeat is older than
-    ``lease_timeout`` seconds, and forget those workers. Safe when every worker runs it at once:
+    their own lease (``lease_timeout``, the rescuer's, for rows of workers that stored none), and
+    forget those workers. The rescuer (``worker_id``) never declares itself dead: if it runs
+    this, it is alive, however late its own heartbeat is. Safe when every worker runs it at once:
     dead workers and their jobs are taken with SKIP LOCKED, so each is rescued by one of them.
     The attempt that was running counts. Running jobs whose worker row is gone are rescued too.
     ``jobs`` lists the rescued jobs (id, task, queue, attempt, lost worker, new state). Jobs it
@@ -65,12 +67,16 @@ def rescue(tables: QueueTables) -> Executable:
         text(
             f"""
 WITH dead AS (
-    SELECT id FROM "{s}".workers
-     WHERE heartbeat_at < now() - :lease_timeout * interval '1 second'
+    SELECT id, coalesce(lease_timeout, :lease_timeout) AS lease FROM "{s}".workers
+     WHERE heartbeat_at < now() - coalesce(lease_timeout, :lease_timeout) * interval '1 second'
+       AND id <> :worker_id
        FOR UPDATE SKIP LOCKED
 ),
 orphans AS (
-    SELECT j.id, j.worker_id FROM "{s}".jobs AS j
+    SELECT j.id, j.worker_id,
+           coalesce((SELECT d.lease FROM dead AS d WHERE d.id = j.worker_id), :lease_timeout)
+               AS lease
+      FROM "{s}".jobs AS j
      WHERE j.state = 'running'
        AND (j.worker_id IN (SELECT id FROM dead)
             OR NOT EXISTS (SELECT 1 FROM "{s}".workers AS w WHERE w.id = j.worker_id))
@@ -89,7 +95,7 @@ rescued AS (
            error = json_build_object(
                'type', 'pgq_sa.WorkerLost',
                'message', 'worker ' || j.worker_id || ' stopped heartbeating for over '
-                          || :lease_timeout || 's while running attempt ' || j.attempt
+                          || orphans.lease || 's while running attempt ' || j.attempt
                           || ' of ' || j.max_attempts,
                'traceback', NULL,
                'attempt', j.attempt)::jsonb
@@ -113,7 +119,10 @@ SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
        ({announce_finished_sql(finished_channel(s), "rescued")}) AS announced
 """
         )
-        .bindparams(bindparam("lease_timeout", type_=Double))
+        .bindparams(
+            bindparam("lease_timeout", type_=Double),
+            bindparam("worker_id", type_=tables.workers.c.id.type),
+        )
         .columns(
             column("requeued", BigInteger),
             column("failed", BigInteger),

@@ -72,6 +72,7 @@ class FinishSummaryRow(NamedTuple):
     written_states: list[str] | None
     next_run_at: datetime | None
     notices: int
+    alive: bool  # the claimer's row is alive (else it claimed nothing: it must register again)
 
 
 class FinishedRow(NamedTuple):

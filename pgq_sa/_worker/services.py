@@ -188,9 +188,10 @@ def _claim(
         )
         if answer is None:
             return None
-        finished, jobs = answer
+        finished, claims = answer
         core.written(batch, finished)
-        return jobs
+        core.claim_answered(claims.alive)
+        return claims.jobs
     claimed: list[protocol.Claimed] = []
     if options.limited_tasks:
         limited = yield from retrying(
@@ -205,8 +206,9 @@ def _claim(
         )
         if limited is None:
             return None
-        claimed.extend(limited)
-        if limited and options.pacing:
+        core.claim_answered(limited.alive)
+        claimed.extend(limited.jobs)
+        if limited.jobs and options.pacing:
             core.runtime.call_later(options.pacing, Signal.WAKE)
     if options.free_tasks and len(claimed) < limit:
         free = yield from retrying(
@@ -219,9 +221,10 @@ def _claim(
             number,
             give_up=Signal.STOPPING,
         )
-        if free is None and not claimed:
-            return None
-        claimed.extend(free or ())
+        if free is None:
+            return claimed or None
+        core.claim_answered(free.alive)
+        claimed.extend(free.jobs)
     return claimed
 
 
@@ -309,7 +312,9 @@ def maintenance(core: WorkerCore) -> Service[None]:
         yield from retrying(
             core,
             "rescue",
-            partial(protocol.rescue, queue.statements, options.lease_timeout, queue.events),
+            lambda: protocol.rescue(
+                queue.statements, core.worker_id, options.lease_timeout, queue.events
+            ),
         )
         for _ in range(MAX_PRUNE_ROUNDS):
             removed = yield from retrying(
@@ -404,8 +409,9 @@ def shutdown(core: WorkerCore) -> Service[None]:
     yield Shutdown(ShutdownStep.STOP_RUNNERS)
     core.close_completer()
     yield Shutdown(ShutdownStep.JOIN_COMPLETER)
-    yield Shutdown(ShutdownStep.CLOSE_LANES)
     core.close()
+    yield Shutdown(ShutdownStep.JOIN_SERVICES)  # nothing uses the lanes any more
+    yield Shutdown(ShutdownStep.CLOSE_LANES)
     statements, worker_id = core.statements, core.worker_id
     handed_back = yield from once(
         core, "hand back", lambda: protocol.hand_back(statements, worker_id)
@@ -413,7 +419,6 @@ def shutdown(core: WorkerCore) -> Service[None]:
     if handed_back:
         log.info("handed %d unfinished jobs back to the queue", handed_back)
     yield from once(core, "deregister", lambda: protocol.deregister(statements, worker_id))
-    yield Shutdown(ShutdownStep.JOIN_SERVICES)
     log.info("worker %s stopped", core.identity.name)
 
 

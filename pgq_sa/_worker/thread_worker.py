@@ -98,7 +98,9 @@ class ThreadWorker(Worker):
             return
 
         def on_signal(signum: int, frame: Any) -> None:
-            driver.stop(force=self._signalled(signum))
+            # The main thread may hold the core's lock right now: stop from another thread.
+            force = self._signalled(signum)
+            threading.Thread(target=driver.stop, kwargs={"force": force}, daemon=True).start()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

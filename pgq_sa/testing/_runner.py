@@ -128,10 +128,14 @@ def _next(plan: _Plan) -> Operation[list[Claimed]]:
     """Claim the next due job (after making delayed ones due, when asked)."""
     if plan.include_delayed:
         yield make_due(plan.statements.tables), {"tasks": plan.tasks}
-    claimed = yield from protocol.claim(
+    claims = yield from protocol.claim(
         plan.statements, plan.identity.id, plan.tasks, plan.queues, 1
     )
-    return claimed
+    if not claims.alive:
+        raise RuntimeError(
+            "the test runner's worker row was removed while it ran (another worker's rescue?)"
+        )
+    return claims.jobs
 
 
 def _finish(plan: _Plan, outcome: Outcome) -> Operation[protocol.Finished]:
