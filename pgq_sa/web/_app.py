@@ -111,7 +111,7 @@ def _bind(site: Site, handler: Handler) -> Callable[[Request], Awaitable[Respons
 async def _error_page(
     site: Site, request: Request, status: int, title: str, message: str
 ) -> Response:
-    context = {"section": "", "title": title, "message": message, "status": status}
+    context = {"section": "", "heading": title, "message": message, "status": status}
     return site.page(request, "error.html", context, status)
 
 

@@ -103,6 +103,8 @@ def from_environment(environ: Any = None) -> Auth:
 def resolve(auth: object) -> Auth:
     """``create_app``'s ``auth``: FROM_ENVIRONMENT, None, ``(user, password)``, a token string,
     or a callable taking the request and returning (or awaiting) True to let it in."""
+    if isinstance(auth, Auth):
+        return auth
     if auth is FROM_ENVIRONMENT:
         return from_environment()
     if auth is None:
