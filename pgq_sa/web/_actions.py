@@ -9,6 +9,7 @@ request body, never in a URL, a browser history or a proxy log.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,10 +41,12 @@ def _back(
     request: Request, values: dict[str, list[str]], done: str, count: int | None = None
 ) -> Response:
     root = request.scope.get("root_path", "")
-    target = forms.local_path(forms.one(values, "next"), root)
-    path, _, _ = target.partition("?")
-    query = f"done={done}" + (f"&n={count}" if count is not None else "")
-    return RedirectResponse(f"{path}?{query}", status_code=303)
+    path, _, query = forms.local_path(forms.one(values, "next"), root).partition("?")
+    kept = [(k, v) for k, v in parse_qsl(query) if k not in ("done", "n")]
+    kept.append(("done", done))
+    if count is not None:
+        kept.append(("n", str(count)))
+    return RedirectResponse(f"{path}?{urlencode(kept)}", status_code=303)
 
 
 async def cancel_job(site: Site, request: Request) -> Response:
