@@ -295,14 +295,20 @@ class JobDetail:
     downstream: list[Neighbour] = field(default_factory=list)
 
 
-def job_detail(statements: Statements, job_id: int) -> Operation[JobDetail | None]:
-    rows = yield statements.dashboard.job_detail, {"job_id": job_id}
+def job_detail(
+    statements: Statements, job_id: int, readable: dict[str, bool] | None = None
+) -> Operation[JobDetail | None]:
+    """One job; the worker's name and the workflow's edges only if the role may read them."""
+    readable = readable or {}
+    detail = statements.dashboard
+    query = detail.job_detail if readable.get("workers", True) else detail.job_detail_alone
+    rows = yield query, {"job_id": job_id}
     if not rows:
         return None
     r = rows[0]
     upstream: list[Neighbour] = []
     downstream: list[Neighbour] = []
-    if r.workflow_id is not None:
+    if r.workflow_id is not None and readable.get("job_dependencies", True):
         edges = yield statements.dashboard.job_neighbours, {"job_id": job_id, "limit": NEIGHBOURS}
         for e in edges:
             side = upstream if e.direction == "upstream" else downstream

@@ -22,6 +22,7 @@ from sqlalchemy import (
     bindparam,
     func,
     literal,
+    null,
     select,
     true,
     union_all,
@@ -72,6 +73,7 @@ class DashboardStatements:
     job_page_windowed: dict[JobPageKey, Executable]
     jobs_by_dedupe_key: Executable
     job_detail: Executable
+    job_detail_alone: Executable
     job_neighbours: Executable
     failure_groups: Executable
     failure_group_ids: Executable
@@ -96,7 +98,8 @@ class DashboardStatements:
             job_page={key: job_page(tables, *key, windowed=False) for key in keys},
             job_page_windowed={key: job_page(tables, *key, windowed=True) for key in keys},
             jobs_by_dedupe_key=jobs_by_dedupe_key(tables),
-            job_detail=job_detail(tables),
+            job_detail=job_detail(tables, with_worker=True),
+            job_detail_alone=job_detail(tables, with_worker=False),
             job_neighbours=job_neighbours(tables),
             failure_groups=failure_groups(tables),
             failure_group_ids=failure_group_ids(tables),
@@ -285,9 +288,13 @@ def jobs_by_dedupe_key(tables: QueueTables) -> Executable:
     )
 
 
-def job_detail(tables: QueueTables) -> Executable:
-    """Everything stored about one job, and the name of the worker that holds or held it."""
+def job_detail(tables: QueueTables, *, with_worker: bool) -> Executable:
+    """Everything stored about one job, and (``with_worker``, for roles that may read the
+    workers table) the name of the worker that holds or held it."""
     jobs, workers = tables.jobs, tables.workers
+    worker_name: ColumnElement[Any] = workers.c.name if with_worker else null()
+    worker_host: ColumnElement[Any] = workers.c.hostname if with_worker else null()
+    source = jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id) if with_worker else jobs
     return (
         select(
             jobs.c.id,
@@ -311,13 +318,13 @@ def job_detail(tables: QueueTables) -> Executable:
             jobs.c.schedule,
             jobs.c.scheduled_at,
             jobs.c.worker_id,
-            workers.c.name.label("worker_name"),
-            workers.c.hostname.label("worker_host"),
+            worker_name.label("worker_name"),
+            worker_host.label("worker_host"),
             jobs.c.workflow_id,
             jobs.c.waiting_for,
             jobs.c.on_upstream_failure,
         )
-        .select_from(jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id))
+        .select_from(source)
         .where(jobs.c.id == bindparam("job_id", type_=BigInteger))
     )
 

@@ -51,7 +51,8 @@ async def jobs(site: Site, request: Request) -> Response:
 async def job(site: Site, request: Request) -> Response:
     job_id = forms.identifier(request.path_params["job_id"], "job id")
     context = await site.context(request, "jobs")
-    found = await site.db.read(dashboard.job_detail(site.db.statements, job_id))
+    readable = context["access"].read
+    found = await site.db.read(dashboard.job_detail(site.db.statements, job_id, readable))
     if found is None:
         raise NotFound(f"there is no job {job_id} (it may have been pruned after it finished)")
     context["job"] = found

@@ -102,7 +102,11 @@ def test_cross_site_posts_are_refused_and_change_nothing(engine, client, headers
     job_id = Queue().enqueue(engine, "a")
     before = snapshot(engine)
     page = client.get("/jobs").text
-    data = {"csrf": re.search(r'name="csrf" value="([^"]+)"', page).group(1)} if token else {"next": "/"}
+    data = (
+        {"csrf": re.search(r'name="csrf" value="([^"]+)"', page).group(1)}
+        if token
+        else {"next": "/"}
+    )
     response = client.post(f"/jobs/{job_id}/cancel", data=data, headers=headers)
     assert response.status_code == 403
     assert fragment in message(response.text).replace("&#39;", "'")
