@@ -77,4 +77,8 @@ def web(context: Context, host: str, port: int, read_only: bool, insecure_no_aut
         f"pgq-sa dashboard for schema {context.schema!r} at {server.url_of(host, port)} "
         f"({credentials.describe()}, {mode}); Ctrl-C stops it"
     )
-    server.serve(app, host, port)
+    try:
+        server.serve(app, host, port)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has stopped
+        pass
+    click.echo("dashboard stopped")
