@@ -7,6 +7,8 @@ authentication (``PGQ_SA_WEB_TOKEN``, or ``PGQ_SA_WEB_USER`` and ``PGQ_SA_WEB_PA
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from pgq_sa._cli.app import Context, cli, fail, handles_errors, pass_context
@@ -77,8 +79,6 @@ def web(context: Context, host: str, port: int, read_only: bool, insecure_no_aut
         f"pgq-sa dashboard for schema {context.schema!r} at {server.url_of(host, port)} "
         f"({credentials.describe()}, {mode}); Ctrl-C stops it"
     )
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl-C it handled
         server.serve(app, host, port)
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, once it has stopped
-        pass
     click.echo("dashboard stopped")

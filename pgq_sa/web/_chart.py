@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from pgq_sa._dashboard import Minute
 
-WIDTH = 720
-HEIGHT = 180
+WIDTH = 1200
+HEIGHT = 200
 LEFT = 44  # room for the axis labels
 BOTTOM = 20
 TOP = 8

@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("starlette", reason="the dashboard tests need the 'web' extra")
 
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from pgq_sa.web import create_app  # noqa: E402
+from pgq_sa.web import create_app
 
 
 @pytest.fixture

@@ -65,6 +65,8 @@ def test_the_stream_announces_an_enqueue_and_an_unannounced_finish(engine, serve
 def test_pages_load_the_live_script_and_name_the_stream(served):
     url, _ = served
     page = httpx.get(url + "jobs").text
-    assert 'data-events="/events"' in page and "data-live-page" in page
+    assert 'data-events="/events"' in page
+    assert "data-live-page" in page
     script = httpx.get(url + "static/dashboard.js")
-    assert script.status_code == 200 and "EventSource" in script.text
+    assert script.status_code == 200
+    assert "EventSource" in script.text

@@ -13,7 +13,10 @@ from sqlalchemy import Engine, text
 from pgq_sa import Queue
 
 ORIGIN = "http://testserver"
-TRACEBACK = 'Traceback (most recent call last):\n  File "tasks.py", line 3, in charge\nConnectionError: gateway'
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "tasks.py", line 3, in charge\n'
+    "ConnectionError: gateway"
+)
 
 
 def csrf_token(html: str) -> str:
