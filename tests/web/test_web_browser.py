@@ -19,7 +19,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright")
 
-from web_helpers import add_workflow, fail_jobs, seed  # noqa: E402
+from web_helpers import add_history, add_workflow, fail_jobs, seed  # noqa: E402
 
 from pgq_sa import Job, JobStatus, Queue, ThreadWorker  # noqa: E402
 from pgq_sa.web._app import create_app  # noqa: E402
@@ -292,6 +292,7 @@ def test_the_read_only_dashboard_has_no_working_action(engine, serve, page, shot
 def test_every_page_for_the_record(engine, serve, page, shots):
     """Screenshots of each page over a seeded queue (the docs use the best of them)."""
     seeded = seed(engine)
+    add_history(engine)
     base = serve()
     pages = {
         "overview": "/",

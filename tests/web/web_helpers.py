@@ -190,3 +190,28 @@ def seed(engine: Engine, queue: Queue | None = None) -> dict[str, Any]:
         "workflow": workflow_id,
         "steps": steps,
     }
+
+
+def add_history(engine: Engine) -> None:
+    """Finished jobs over the last hour (a rising and falling load, a burst of failures), for
+    the overview's chart and the tasks page's rates and run times."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO pgq.jobs (queue, task, state, attempt, run_at, started_at, "
+                "finished_at, worker_id, error) "
+                "SELECT q, t, CASE WHEN bad THEN 'failed'::pgq.job_state ELSE 'succeeded' END, "
+                "1, at - interval '40 ms', at - (20 + i % 400) * interval '1 ms', at, "
+                "gen_random_uuid(), CASE WHEN bad THEN "
+                '\'{"type": "TimeoutError", "message": "upstream took too long"}\'::jsonb '
+                "END "
+                "FROM generate_series(1, 59) AS minute, "
+                "LATERAL generate_series(1, (45 + 30 * sin(minute / 7.0) "
+                "+ 12 * cos(minute / 1.7))::int) AS i, "
+                "LATERAL (SELECT now() - (60 - minute) * interval '1 minute' "
+                "+ (i % 60) * interval '1 second' AS at, "
+                "minute BETWEEN 38 AND 43 AND i % 5 = 0 AS bad, "
+                "(ARRAY['default', 'billing', 'media'])[1 + i % 3] AS q, "
+                "(ARRAY['emails.send', 'payments.charge', 'images.resize'])[1 + i % 3] AS t) AS x"
+            )
+        )
