@@ -276,10 +276,14 @@ def jobs_by_dedupe_key(tables: QueueTables) -> Executable:
         jobs.c.workflow_id.is_not(None),
         ~in_states(jobs.c.state, *FINISHED_STATES),
     )
-    recent = select(*columns).where(
-        jobs.c.dedupe_key == key, jobs.c.id >= bindparam("floor", type_=BigInteger)
+    recent = (  # newest first and limited: a backward range of the primary key
+        select(*columns)
+        .where(jobs.c.dedupe_key == key, jobs.c.id >= bindparam("floor", type_=BigInteger))
+        .order_by(jobs.c.id.desc())
+        .limit(bindparam("limit", type_=Integer))
+        .subquery("recent")
     )
-    found = union_all(live, running, step, recent).subquery("found")
+    found = union_all(live, running, step, select(recent)).subquery("found")
     return (
         select(found)
         .distinct()

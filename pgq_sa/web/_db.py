@@ -10,7 +10,7 @@ after a refusal (:class:`Access`), never guessed from a failure alone.
 from __future__ import annotations
 
 import time
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -97,6 +97,3 @@ class Database:
             await self.bind.dispose()
         else:
             self.bind.dispose()
-
-    def describe(self) -> dict[str, Any]:
-        return {"database": self.url.database, "host": self.url.host, "schema": self.queue.schema}
