@@ -32,6 +32,7 @@ from sqlalchemy.sql.expression import ColumnElement, Executable
 
 from pgq_sa._schema import JobStatus, QueueTables
 from pgq_sa._sql.monitoring import FINISHED_STATES, job_summary_columns, seconds_ago
+from pgq_sa._sql.producer import job_columns
 from pgq_sa._sql.shared import in_states
 
 # The job list's variants: a state (or any), filtered by task or not, by queue or not.
@@ -300,27 +301,11 @@ def job_detail(tables: QueueTables, *, with_worker: bool) -> Executable:
     worker_host: ColumnElement[Any] = workers.c.hostname if with_worker else null()
     source = jobs.outerjoin(workers, workers.c.id == jobs.c.worker_id) if with_worker else jobs
     return (
-        select(
-            jobs.c.id,
-            jobs.c.task,
-            jobs.c.queue,
-            jobs.c.state,
-            jobs.c.attempt,
-            jobs.c.max_attempts,
-            jobs.c.priority,
-            jobs.c.payload,
-            jobs.c.result,
-            jobs.c.error,
+        job_columns(tables)
+        .add_columns(
             jobs.c.meta,
-            jobs.c.created_at,
-            jobs.c.run_at,
-            jobs.c.started_at,
-            jobs.c.finished_at,
-            jobs.c.dedupe_key,
-            jobs.c.cancel_requested,
             jobs.c.timeout,
             jobs.c.schedule,
-            jobs.c.scheduled_at,
             jobs.c.worker_id,
             worker_name.label("worker_name"),
             worker_host.label("worker_host"),

@@ -21,7 +21,7 @@ from pgq_sa import _validation as validation
 from pgq_sa._ops import producer
 from pgq_sa.web import _csrf as csrf
 from pgq_sa.web import _forms as forms
-from pgq_sa.web._errors import BadRequest, Forbidden, NotFound
+from pgq_sa.web._errors import BadRequest, NotFound
 from pgq_sa.web._site import Site
 
 GROUP_RETRY_LIMIT = 1_000  # failed jobs one "retry all in this group" click queues again
@@ -29,12 +29,7 @@ WORKFLOW_DONE = {"cancel": "workflow-cancelled", "retry": "workflow-retried"}
 
 
 async def _posted(site: Site, request: Request) -> dict[str, list[str]]:
-    values = await forms.form(request)
-    try:
-        csrf.check(request, values, site.secret)
-    except csrf.Refused as error:
-        raise Forbidden(str(error)) from None
-    return values
+    return await csrf.checked_form(request, site.secret)
 
 
 def _back(

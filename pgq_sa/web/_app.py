@@ -140,11 +140,7 @@ async def _login(site: Site, request: Request) -> Response:
     """The token form: a valid token gets a signed session cookie (token auth only)."""
     if site.auth.kind != "token":
         raise Forbidden("this dashboard does not use a login form")
-    values = await forms.form(request)
-    try:
-        csrf.check(request, values, site.secret)
-    except csrf.Refused as error:
-        raise Forbidden(str(error)) from None
+    values = await csrf.checked_form(request, site.secret)
     root = request.scope.get("root_path", "")
     if not signing.same(forms.one(values, "token"), site.auth.token):
         context = {"section": "", "next": forms.one(values, "next"), "failed": True}
@@ -163,11 +159,7 @@ async def _login(site: Site, request: Request) -> Response:
 
 
 async def _logout(site: Site, request: Request) -> Response:
-    values = await forms.form(request)
-    try:
-        csrf.check(request, values, site.secret)
-    except csrf.Refused as error:
-        raise Forbidden(str(error)) from None
+    await csrf.checked_form(request, site.secret)
     root = request.scope.get("root_path", "")
     response = RedirectResponse(root + "/", 303)
     response.delete_cookie(auth_module.SESSION_COOKIE, path=root + "/" if root else "/")

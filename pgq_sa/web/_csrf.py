@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 
 from starlette.requests import Request
 
+from pgq_sa.web import _forms as forms
 from pgq_sa.web import _signing as signing
+from pgq_sa.web._errors import Forbidden
 
 COOKIE = "pgqsa_csrf"
 FIELD = "csrf"
@@ -61,3 +63,13 @@ def check(request: Request, form: dict[str, list[str]], secret: bytes) -> None:
             "the form's security token is missing or stale (cookies blocked, or the page is "
             "old): reload the page and try again"
         )
+
+
+async def checked_form(request: Request, secret: bytes) -> dict[str, list[str]]:
+    """The POSTed form, once it passed :func:`check` (else a 403 page saying why)."""
+    values = await forms.form(request)
+    try:
+        check(request, values, secret)
+    except Refused as error:
+        raise Forbidden(str(error)) from None
+    return values

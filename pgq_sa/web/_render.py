@@ -11,6 +11,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
+from pgq_sa._format import duration
 from pgq_sa.web import _csrf as csrf
 
 NOTICES = {  # the outcome of an action, named in the redirect's query by a fixed code
@@ -27,22 +28,6 @@ NOTICES = {  # the outcome of an action, named in the redirect's query by a fixe
     "workflow-cancelled": "Workflow cancelled.",
     "workflow-retried": "Workflow queued again.",
 }
-
-
-def duration(seconds: float | None) -> str:
-    """A short human duration: ``850ms``, ``4.2s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-``."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86_400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86_400}d{whole % 86_400 // 3600:02d}h"
 
 
 def timestamp(moment: dt.datetime | None) -> str:
