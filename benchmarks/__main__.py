@@ -16,7 +16,17 @@ from pathlib import Path
 from benchmarks import machine, ours
 from benchmarks.context import Context
 from benchmarks.progress import Progress
-from benchmarks.scenarios import bulk, drain, growth, memory, processes, steady, suite, wakeup
+from benchmarks.scenarios import (
+    bulk,
+    drain,
+    growth,
+    memory,
+    processes,
+    steady,
+    suite,
+    wakeup,
+    web_pages,
+)
 from benchmarks.scratch import LOCAL_SERVER, URL_VARIABLE, default_server_url, scratch_database
 from benchmarks.stats import STATISTICS
 
@@ -120,6 +130,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--idle", type=float, default=3.0, help="idle seconds before the first read")
 
     p = scenarios.add_parser(
+        "web_pages", parents=[common], help="the web dashboard's server time per page"
+    )
+    p.add_argument("--finished", type=int, default=2_000_000, help="finished jobs (last 24 h)")
+    p.add_argument("--queued", type=int, default=20_000)
+    p.add_argument("--workflows", type=int, default=2_000, help="workflows of 5 steps")
+    p.add_argument("--repeat", type=int, default=20, help="timed requests per page")
+    p.add_argument("--warmup", type=int, default=3, help="untimed requests per page first")
+    p.add_argument("--explain", action="store_true", help="also print each statement's plan")
+
+    p = scenarios.add_parser(
         "all", parents=[common], help="everything with --peer pgqueuer, plus a markdown summary"
     )
     p.add_argument("--jobs", type=int, default=30_000, help="drain jobs")
@@ -200,6 +220,16 @@ def _run(context: Context, args: argparse.Namespace, command: str) -> None:
             batch_size=args.batch_size,
             repeat=args.repeat,
             statistic=args.statistic,
+        )
+    elif args.scenario == "web_pages":
+        web_pages.run(
+            context,
+            finished=args.finished,
+            queued=args.queued,
+            workflows=args.workflows,
+            repeat=args.repeat,
+            warmup=args.warmup,
+            show_plans=args.explain,
         )
     else:
         markdown = suite.run(

@@ -335,22 +335,24 @@ def _list_jobs(
     statements: Statements, state: str | None, params: dict[str, Any]
 ) -> Operation[list[JobSummary]]:
     rows = yield statements.monitoring.list_jobs[state], params
-    return [
-        JobSummary(
-            id=r.id,
-            task=r.task,
-            queue=r.queue,
-            status=JobStatus(r.state),
-            attempts=r.attempt,
-            max_attempts=r.max_attempts,
-            priority=r.priority,
-            created_at=r.created_at,
-            run_at=r.run_at,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            worker_id=r.worker_id,
-            error_type=r.error_type,
-            error_message=r.error_message,
-        )
-        for r in rows
-    ]
+    return [job_summary(r) for r in rows]
+
+
+def job_summary(r: Any) -> JobSummary:
+    """A :class:`JobSummary` from a row of :func:`pgq_sa._sql.monitoring.job_summary_columns`."""
+    return JobSummary(
+        id=r.id,
+        task=r.task,
+        queue=r.queue,
+        status=JobStatus(r.state),
+        attempts=r.attempt,
+        max_attempts=r.max_attempts,
+        priority=r.priority,
+        created_at=r.created_at,
+        run_at=r.run_at,
+        started_at=r.started_at,
+        finished_at=r.finished_at,
+        worker_id=r.worker_id,
+        error_type=r.error_type,
+        error_message=r.error_message,
+    )

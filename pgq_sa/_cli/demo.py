@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from collections import Counter
+from typing import Any
 
 import anyio
 import click
@@ -18,6 +19,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from pgq_sa._cli.app import Context, cli, handles_errors, pass_context
+from pgq_sa._config import ConfigurationError
 from pgq_sa._job import Job, JobSpec
 from pgq_sa._queue import Queue
 from pgq_sa._schema import validate_schema_name
@@ -59,13 +61,44 @@ def _counts(engine: Engine, schema: str) -> Counter[str]:
     return Counter({state: count for state, count in rows})
 
 
-def run_demo(engine: Engine, schema: str, jobs: int) -> None:
+def run_demo(engine: Engine, schema: str, jobs: int, web_port: int | None = None) -> None:
     validate_schema_name(schema)  # before it is dropped and recreated
     with engine.begin() as connection:
         connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     db_upgrade(engine, schema=schema)
     click.echo(f"installed the queue in schema {schema!r} (the same steps as `pgq-sa db upgrade`)")
     queue = build_queue(schema)
+    dashboard = _start_dashboard(engine, schema, web_port) if web_port is not None else None
+    try:
+        _run(engine, schema, jobs, queue)
+        if dashboard is not None:
+            click.echo(f"the dashboard keeps serving at {dashboard.url} (Ctrl-C stops it)")
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        if dashboard is None:
+            raise
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+
+
+def _start_dashboard(engine: Engine, schema: str, port: int) -> Any:
+    """The web dashboard of the demo's schema on loopback, from a thread (the 'web' extra)."""
+    try:
+        from pgq_sa.web._app import create_app
+        from pgq_sa.web._server import BackgroundServer
+    except ImportError as error:
+        raise ConfigurationError(
+            f"--web needs the 'web' extra ({error.name} is missing): pip install 'pgq-sa[web]'"
+        ) from None
+    server = BackgroundServer(create_app(engine, schema=schema, auth=None), "127.0.0.1", port)
+    url = server.start()
+    click.echo(f"dashboard: {url} (open it while the jobs run)")
+    return server
+
+
+def _run(engine: Engine, schema: str, jobs: int, queue: Queue) -> None:
 
     with Session(engine) as session:
         queue.enqueue(session, "pages.fetch", {"url": "https://example.com/kept"})
@@ -151,6 +184,13 @@ def run_demo(engine: Engine, schema: str, jobs: int) -> None:
 @cli.command()
 @click.option("--jobs", "job_count", default=300, show_default=True, type=click.IntRange(1, 10**5))
 @click.option(
+    "--web",
+    "web",
+    is_flag=True,
+    help="also serve the web dashboard on 127.0.0.1 while the jobs run (the 'web' extra)",
+)
+@click.option("--web-port", default=8765, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
     "--demo-schema",
     default="pgq_demo",
     show_default=True,
@@ -158,7 +198,9 @@ def run_demo(engine: Engine, schema: str, jobs: int) -> None:
 )
 @pass_context
 @handles_errors
-def demo(context: Context, job_count: int, demo_schema: str) -> None:
+def demo(context: Context, job_count: int, web: bool, web_port: int, demo_schema: str) -> None:
     """Show the queue working (on the embedded PostgreSQL when nothing is configured)."""
 
-    run_demo(context.engine, validate_schema_name(demo_schema), job_count)
+    run_demo(
+        context.engine, validate_schema_name(demo_schema), job_count, web_port if web else None
+    )

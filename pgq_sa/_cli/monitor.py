@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from pgq_sa import _monitoring as monitoring
 from pgq_sa._cli.app import Context, cli, handles_errors, pass_context
 from pgq_sa._cli.jobs import jobs
+from pgq_sa._format import duration
 from pgq_sa._monitoring import JobSummary, Status, WorkerState
 from pgq_sa._ops.drive import run_sync
 from pgq_sa._schema import JobStatus
@@ -56,22 +57,6 @@ def _iso(moment: dt.datetime | None) -> str | None:
 
 def _round(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits) if value is not None else None
-
-
-def duration(seconds: float | None) -> str:
-    """A short human duration: ``850ms``, ``4.2s``, ``3m05s``, ``2h03m``, ``3d04h``; ``-``."""
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    if whole < 86_400:
-        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
-    return f"{whole // 86_400}d{whole % 86_400 // 3600:02d}h"
 
 
 def _echo_json(value: Any) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables
 from pgq_sa._sql import claim, finish, limits, maintenance, producer, schedules, workers
+from pgq_sa._sql.dashboard import DashboardStatements
 from pgq_sa._sql.monitoring import MonitoringStatements
 
 
@@ -55,6 +56,7 @@ class Statements:
     list_schedules: Executable
     set_schedule_enabled: Executable
     monitoring: MonitoringStatements
+    dashboard: DashboardStatements
 
     @classmethod
     def build(cls, tables: QueueTables) -> Statements:
@@ -93,4 +95,5 @@ class Statements:
             list_schedules=schedules.list_schedules(tables),
             set_schedule_enabled=schedules.set_schedule_enabled(tables),
             monitoring=MonitoringStatements.build(tables),
+            dashboard=DashboardStatements.build(tables),
         )

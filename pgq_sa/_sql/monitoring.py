@@ -187,6 +187,27 @@ def queue_settings(tables: QueueTables) -> Executable:
     return select(queues.c.name, queues.c.paused, queues.c.paused_at).order_by(queues.c.name)
 
 
+def job_summary_columns(tables: QueueTables) -> list[ColumnElement[Any]]:
+    """A job without its payload, result or traceback: one line of a job listing."""
+    jobs = tables.jobs
+    return [
+        jobs.c.id,
+        jobs.c.task,
+        jobs.c.queue,
+        jobs.c.state,
+        jobs.c.attempt,
+        jobs.c.max_attempts,
+        jobs.c.priority,
+        jobs.c.created_at,
+        jobs.c.run_at,
+        jobs.c.started_at,
+        jobs.c.finished_at,
+        jobs.c.worker_id,
+        jobs.c.error["type"].astext.label("error_type"),
+        jobs.c.error["message"].astext.label("error_message"),
+    ]
+
+
 def list_jobs(tables: QueueTables, status: str | None) -> Executable:
     """The newest ``limit`` jobs, optionally of one state (a literal, so each variant can use its
     state's partial index), one task and one queue."""
@@ -200,22 +221,7 @@ def list_jobs(tables: QueueTables, status: str | None) -> Executable:
     if status is not None:
         conditions.append(in_states(jobs.c.state, status))
     return (
-        select(
-            jobs.c.id,
-            jobs.c.task,
-            jobs.c.queue,
-            jobs.c.state,
-            jobs.c.attempt,
-            jobs.c.max_attempts,
-            jobs.c.priority,
-            jobs.c.created_at,
-            jobs.c.run_at,
-            jobs.c.started_at,
-            jobs.c.finished_at,
-            jobs.c.worker_id,
-            jobs.c.error["type"].astext.label("error_type"),
-            jobs.c.error["message"].astext.label("error_message"),
-        )
+        select(*job_summary_columns(tables))
         .where(*conditions)
         .order_by(jobs.c.id.desc())
         .limit(bindparam("limit", type_=Integer))
