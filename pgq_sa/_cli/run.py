@@ -72,6 +72,13 @@ def _where(error: Exception) -> str:
 @click.option("--lease-timeout", type=click.FloatRange(min=0.02), default=30.0, show_default=True)
 @click.option("--poll-interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True)
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option(
+    "--statement-timeout",
+    type=click.FloatRange(min=0.01),
+    default=10.0,
+    show_default=True,
+    help="seconds a worker statement may wait for an answer before its connection is replaced",
+)
 @click.option("--until-empty", is_flag=True, help="exit once no due job is left")
 @click.option(
     "--metrics-port",
@@ -100,6 +107,7 @@ def run(
     lease_timeout: float,
     poll_interval: float,
     shutdown_timeout: float,
+    statement_timeout: float,
     until_empty: bool,
     metrics_port: int | None,
     metrics_host: str,
@@ -128,6 +136,7 @@ def run(
         "lease_timeout": lease_timeout,
         "poll_interval": poll_interval,
         "shutdown_timeout": shutdown_timeout,
+        "statement_timeout": statement_timeout,
     }
     if use_async:
         import anyio

@@ -64,6 +64,7 @@ class AsyncWorker(Worker):
         lease_timeout: float = 30.0,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 30.0,
+        statement_timeout: float = 10.0,
         name: str | None = None,
         handle_signals: bool = True,
     ) -> None:
@@ -77,6 +78,7 @@ class AsyncWorker(Worker):
             lease_timeout=lease_timeout,
             poll_interval=poll_interval,
             shutdown_timeout=shutdown_timeout,
+            statement_timeout=statement_timeout,
         )
         if not isinstance(bind, (AsyncEngine, Engine, str, URL)):
             raise TypeError(
@@ -88,7 +90,8 @@ class AsyncWorker(Worker):
 
     async def run(self, *, until_empty: bool = False) -> None:
         """Work until stopped; with ``until_empty`` return once nothing due is left."""
-        database, dispose = async_database(self._bind, sniffio.current_async_library())
+        backend = sniffio.current_async_library()
+        database, dispose = async_database(self._bind, backend, self.options.statement_timeout)
         jobs = transactional.AsyncJobs.for_worker(
             database, self.options, self.queue.statements, self.identity.id
         )
@@ -139,7 +142,7 @@ class _Tasks:
         self._loop_thread = threading.get_ident()
         self.core = worker._new_core(self, until_empty)
         self._fetchers = fetcher_count(worker.options)
-        self._lanes = open_lanes(database, self._fetchers)
+        self._lanes = open_lanes(database, self._fetchers, worker.options.heartbeat_deadline)
         self._listen = ListenConnection(database.url, [notify_channel(worker.queue.schema)])
         self._work: deque[Claimed] = deque()
         self._idle_runners: list[anyio.Event] = []

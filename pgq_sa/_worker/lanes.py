@@ -39,7 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pgq_sa._config import make_async_engine, make_engine
 from pgq_sa._ops.drive import Operation, T, run_async, run_sync
-from pgq_sa._worker import driver_path
+from pgq_sa._worker import deadlines, driver_path
+from pgq_sa._worker.deadlines import DEFAULT_STATEMENT_TIMEOUT
 from pgq_sa._worker.effects import Lane
 
 # Session settings of the lanes, as (name, value); each is RESET when the lane closes.
@@ -53,34 +54,44 @@ CLAIM_SESSION = (*FINISH_SESSION, ("enable_sort", "off"))
 Settings = Sequence[tuple[str, str]]
 
 
+def _server_deadline(seconds: float) -> tuple[str, str]:
+    """The server's own ``statement_timeout`` for a lane (milliseconds): a statement stuck in a
+    lock is ended on the server too, its locks released."""
+    return ("statement_timeout", str(max(1, round(seconds * 1000))))
+
+
 class SyncLane:
     """One component's connection, kept between its operations (each in a transaction of its
     own when ``transactional``)."""
 
-    def __init__(self, engine: Engine, setup: Settings, *, transactional: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        setup: Settings,
+        *,
+        transactional: bool = False,
+        deadline: float = DEFAULT_STATEMENT_TIMEOUT,
+    ) -> None:
         self._engine = engine
-        self._setup = tuple(setup)
+        self._setup = (*setup, _server_deadline(deadline))
         self._transactional = transactional
+        self._deadline = deadline
         self._connection: Connection | None = None
 
     def run(self, operation: Operation[T]) -> T:
-        if self._connection is None:
-            connection = self._engine.connect()
-            try:
-                for name, value in self._setup:
-                    connection.exec_driver_sql(f"SET {name} = {value}")
-                if connection.in_transaction():
-                    connection.commit()  # session settings outlive it
-            except BaseException:
-                connection.invalidate()
-                connection.close()
-                raise
-            self._connection = connection
         try:
-            if self._transactional:
-                with self._connection.begin():
-                    return run_sync(self._connection, operation)
-            return run_sync(self._connection, operation)
+            if self._connection is None:
+                self._connection = self._engine.connect()
+                with deadlines.guard(self._connection.connection.dbapi_connection, self._deadline):
+                    for name, value in self._setup:
+                        self._connection.exec_driver_sql(f"SET {name} = {value}")
+                    if self._connection.in_transaction():
+                        self._connection.commit()  # session settings outlive it
+            with deadlines.guard(self._connection.connection.dbapi_connection, self._deadline):
+                if self._transactional:
+                    with self._connection.begin():
+                        return run_sync(self._connection, operation)
+                return run_sync(self._connection, operation)
         except BaseException:
             self.close(broken=True)
             raise
@@ -111,40 +122,40 @@ class AsyncLane:
         *,
         transactional: bool = False,
         compiled: driver_path.StatementCache | None = None,
+        deadline: float = DEFAULT_STATEMENT_TIMEOUT,
     ) -> None:
         self._engine = engine
-        self._setup = tuple(setup)
+        self._setup = (*setup, _server_deadline(deadline))
         self._transactional = transactional
+        self._deadline = deadline
         self._statements = compiled  # autocommit lanes on asyncpg: see workers/driver_path.py
         self._connection: AsyncConnection | None = None
         self._driver: driver_path.PreparedConnection | None = None
 
     async def run(self, operation: Operation[T]) -> T:
-        if self._connection is None:
-            self._driver = None
-            connection = await self._engine.connect()
-            try:
-                for name, value in self._setup:
-                    await connection.exec_driver_sql(f"SET {name} = {value}")
-                if connection.in_transaction():
-                    await connection.commit()  # session settings outlive it
-            except BaseException:
-                await connection.invalidate()
-                await connection.close()
-                raise
-            self._connection = connection
-            if self._statements is not None and not self._transactional:
-                self._driver = driver_path.PreparedConnection(connection, self._statements)
         try:
-            if self._transactional:
-                async with self._connection.begin():
-                    return await run_async(self._connection, operation)
-            if self._driver is not None:
-                return await self._driver.run(operation)
-            return await run_async(self._connection, operation)
+            with deadlines.async_guard(self._deadline):
+                connection = self._connection or await self._open()
+                if self._transactional:
+                    async with connection.begin():
+                        return await run_async(connection, operation)
+                if self._driver is not None:
+                    return await self._driver.run(operation)
+                return await run_async(connection, operation)
         except BaseException:
             await self.close(broken=True)
             raise
+
+    async def _open(self) -> AsyncConnection:
+        self._driver = None
+        self._connection = connection = await self._engine.connect()
+        for name, value in self._setup:
+            await connection.exec_driver_sql(f"SET {name} = {value}")
+        if connection.in_transaction():
+            await connection.commit()  # session settings outlive it
+        if self._statements is not None and not self._transactional:
+            self._driver = driver_path.PreparedConnection(connection, self._statements)
+        return connection
 
     async def close(self, *, broken: bool = False) -> None:
         connection, self._connection = self._connection, None
@@ -180,49 +191,71 @@ class ThreadedLane:
 
 
 class SyncDatabase:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, deadline: float = DEFAULT_STATEMENT_TIMEOUT) -> None:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.transactional_engine = engine
         self.url = engine.url
+        self.deadline = deadline
 
     def run(self, operation: Operation[T]) -> T:
         with self.engine.connect() as connection:
-            return run_sync(connection, operation)
+            try:
+                with deadlines.guard(connection.connection.dbapi_connection, self.deadline):
+                    return run_sync(connection, operation)
+            except deadlines.StatementDeadline:
+                connection.invalidate()
+                raise
 
     def describe(self) -> str:
         return describe(self.engine)
 
-    def lane(self, setup: Settings = (), *, transactional: bool = False) -> SyncLane:
-        if transactional:
-            return SyncLane(self.transactional_engine, setup, transactional=True)
-        return SyncLane(self.engine, setup)
+    def lane(
+        self, setup: Settings = (), *, transactional: bool = False, deadline: float | None = None
+    ) -> SyncLane:
+        engine = self.transactional_engine if transactional else self.engine
+        deadline = deadline or self.deadline
+        return SyncLane(engine, setup, transactional=transactional, deadline=deadline)
 
 
 class AsyncioDatabase:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, deadline: float = DEFAULT_STATEMENT_TIMEOUT) -> None:
         self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.transactional_engine = engine
         self.url = engine.url
+        self.deadline = deadline
         dialect = engine.dialect
         supported = driver_path.supported(dialect)
         self._compiled = driver_path.StatementCache(dialect) if supported else None
 
     async def run(self, operation: Operation[T]) -> T:
         async with self.engine.connect() as connection:
-            return await run_async(connection, operation)
+            try:
+                with deadlines.async_guard(self.deadline):
+                    return await run_async(connection, operation)
+            except deadlines.StatementDeadline:
+                with anyio.CancelScope(shield=True):
+                    await connection.invalidate()
+                raise
 
     def describe(self) -> str:
         return describe(self.engine)
 
-    def lane(self, setup: Settings = (), *, transactional: bool = False) -> AsyncLane:
+    def lane(
+        self, setup: Settings = (), *, transactional: bool = False, deadline: float | None = None
+    ) -> AsyncLane:
+        deadline = deadline or self.deadline
         if transactional:
-            return AsyncLane(self.transactional_engine, setup, transactional=True)
-        return AsyncLane(self.engine, setup, compiled=self._compiled)
+            return AsyncLane(
+                self.transactional_engine, setup, transactional=True, deadline=deadline
+            )
+        return AsyncLane(self.engine, setup, compiled=self._compiled, deadline=deadline)
 
 
 class ThreadedDatabase:
-    def __init__(self, engine: Engine, threads: int = 6) -> None:
-        self._sync = SyncDatabase(engine)
+    def __init__(
+        self, engine: Engine, threads: int = 6, deadline: float = DEFAULT_STATEMENT_TIMEOUT
+    ) -> None:
+        self._sync = SyncDatabase(engine, deadline)
         self.transactional_engine = engine
         self._limiter = anyio.CapacityLimiter(threads)
         self.url = engine.url
@@ -233,8 +266,11 @@ class ThreadedDatabase:
     def describe(self) -> str:
         return self._sync.describe() + " in worker threads"
 
-    def lane(self, setup: Settings = (), *, transactional: bool = False) -> ThreadedLane:
-        return ThreadedLane(self._sync.lane(setup, transactional=transactional), self._limiter)
+    def lane(
+        self, setup: Settings = (), *, transactional: bool = False, deadline: float | None = None
+    ) -> ThreadedLane:
+        lane = self._sync.lane(setup, transactional=transactional, deadline=deadline)
+        return ThreadedLane(lane, self._limiter)
 
 
 def describe(engine: Engine | AsyncEngine) -> str:
@@ -257,15 +293,18 @@ _SETTINGS = {
 }
 
 
-def open_lanes(database: Database, fetchers: int) -> dict[tuple[Lane, int], Any]:
+def open_lanes(
+    database: Database, fetchers: int, heartbeat_deadline: float | None = None
+) -> dict[tuple[Lane, int], Any]:
     """The lanes of one worker: a claim and a limited-claim lane per fetcher (the latter runs
-    each claim in a transaction), one finish lane and one heartbeat lane (numbered 0)."""
+    each claim in a transaction), one finish lane and one heartbeat lane (numbered 0), whose
+    deadline may be shorter so a hung heartbeat is retried well within the lease."""
     lanes: dict[tuple[Lane, int], Any] = {}
     for number in range(fetchers):
         lanes[Lane.CLAIM, number] = database.lane(_SETTINGS[Lane.CLAIM])
         lanes[Lane.LIMITED, number] = database.lane(_SETTINGS[Lane.LIMITED], transactional=True)
     lanes[Lane.FINISH, 0] = database.lane(_SETTINGS[Lane.FINISH])
-    lanes[Lane.HEARTBEAT, 0] = database.lane(_SETTINGS[Lane.HEARTBEAT])
+    lanes[Lane.HEARTBEAT, 0] = database.lane(_SETTINGS[Lane.HEARTBEAT], deadline=heartbeat_deadline)
     return lanes
 
 
@@ -279,7 +318,7 @@ def sync_engine(bind: Engine | str | URL) -> tuple[Engine, bool]:
 
 
 def async_database(
-    bind: AsyncEngine | Engine | str | URL, backend: str
+    bind: AsyncEngine | Engine | str | URL, backend: str, deadline: float
 ) -> tuple[AsyncDatabase, Callable[[], Awaitable[None]]]:
     """The AsyncWorker's database on ``backend``, and how to dispose of what it created: an
     AsyncEngine on asyncio (asyncpg unless the URL names psycopg), else a sync engine run in
@@ -289,18 +328,18 @@ def async_database(
             raise RuntimeError(
                 "an AsyncEngine runs on asyncio only; on trio pass a URL or a sync Engine"
             )
-        return AsyncioDatabase(bind), _nothing
+        return AsyncioDatabase(bind, deadline), _nothing
     if isinstance(bind, Engine):
-        return ThreadedDatabase(bind), _nothing
+        return ThreadedDatabase(bind, deadline=deadline), _nothing
     if backend == "asyncio":
         engine = make_async_engine(bind)
-        return AsyncioDatabase(engine), engine.dispose
+        return AsyncioDatabase(engine, deadline), engine.dispose
     sync = make_engine(bind)
 
     async def dispose() -> None:
         sync.dispose()
 
-    return ThreadedDatabase(sync), dispose
+    return ThreadedDatabase(sync, deadline=deadline), dispose
 
 
 async def _nothing() -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pgq_sa import _validation as validation
 from pgq_sa._queue import Queue
 from pgq_sa._tasks import TaskDefinition
+from pgq_sa._worker.deadlines import DEFAULT_STATEMENT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,13 @@ class WorkerOptions:
     poll_interval: float
     shutdown_timeout: float
     tasks: dict[str, TaskDefinition]
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT
+
+    @property
+    def heartbeat_deadline(self) -> float:
+        """A heartbeat's own deadline: short enough that a hung one is retried well within the
+        worker's lease."""
+        return min(self.statement_timeout, self.lease_timeout / 3)
 
     @property
     def task_names(self) -> list[str]:
@@ -56,6 +64,7 @@ def worker_options(
     lease_timeout: object,
     poll_interval: object,
     shutdown_timeout: object,
+    statement_timeout: object = DEFAULT_STATEMENT_TIMEOUT,
 ) -> WorkerOptions:
     if not isinstance(queue, Queue):
         raise TypeError(f"the first argument must be a pgq_sa.Queue, got {type(queue).__name__}")
@@ -93,4 +102,7 @@ def worker_options(
         poll_interval=validation.seconds(poll_interval, "poll_interval", allow_zero=False),
         shutdown_timeout=validation.seconds(shutdown_timeout, "shutdown_timeout"),
         tasks=queue.tasks,
+        statement_timeout=validation.seconds(
+            statement_timeout, "statement_timeout", allow_zero=False
+        ),
     )

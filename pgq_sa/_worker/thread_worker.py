@@ -59,6 +59,7 @@ class ThreadWorker(Worker):
         lease_timeout: float = 30.0,
         poll_interval: float = 1.0,
         shutdown_timeout: float = 30.0,
+        statement_timeout: float = 10.0,
         name: str | None = None,
         handle_signals: bool = True,
     ) -> None:
@@ -72,6 +73,7 @@ class ThreadWorker(Worker):
             lease_timeout=lease_timeout,
             poll_interval=poll_interval,
             shutdown_timeout=shutdown_timeout,
+            statement_timeout=statement_timeout,
         )
         transactional.refuse_async(options, "ThreadWorker")
         super().__init__(queue, options, name, handle_signals)
@@ -122,10 +124,10 @@ class _Threads:
         self._events = {signal: threading.Event() for signal in Signal}
         self._timers = TimerThread()
         self._work: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
-        self._database = SyncDatabase(engine)
+        self._database = SyncDatabase(engine, worker.options.statement_timeout)
         self.core = worker._new_core(self, until_empty)
         self._fetchers = fetcher_count(worker.options)
-        self._lanes = open_lanes(self._database, self._fetchers)
+        self._lanes = open_lanes(self._database, self._fetchers, worker.options.heartbeat_deadline)
         self._listen = ListenConnection(engine.url, [notify_channel(worker.queue.schema)])
         self._jobs = transactional.SyncJobs.for_engine(
             engine, worker.options, worker.queue.statements, worker.identity.id

@@ -1,0 +1,116 @@
+"""Client-side deadlines on the workers' statements: an answer that never comes ends in time.
+
+A statement sent on a connection whose peer vanished without a word (a pulled cable, a NAT or a
+firewall that forgot the flow, a failed-over load balancer) waits for an answer forever: no byte,
+no FIN, no RST, and a server-side ``statement_timeout`` never reaches the client. So every worker
+statement has a deadline kept on the client:
+
+* on a sync connection (the ThreadWorker, and the AsyncWorker's worker threads on trio), one
+  watchdog thread shuts the connection's socket down when the deadline passes; the driver call
+  blocked on it fails at once, whatever the driver (psycopg, psycopg2 and pg8000 alike), and the
+  lane discards the connection;
+* on an async connection (asyncpg or async psycopg on asyncio), the awaiting task's cancel scope
+  (``anyio.fail_after``), after which the connection is discarded.
+
+Either way the caller sees :class:`StatementDeadline` and retries on a fresh connection. The
+lanes also set ``statement_timeout`` on the server to the same value, so a statement stuck in a
+lock there is ended too, and its locks released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pgq_sa._worker.timers import TimerThread
+
+DEFAULT_STATEMENT_TIMEOUT = 10.0
+
+
+class StatementDeadline(TimeoutError):
+    """No answer from the database within the worker's statement deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"no answer from the database within {seconds:g}s (statement_timeout): the "
+            "connection was cut and will be replaced"
+        )
+
+
+_timers: TimerThread | None = None
+_timers_lock = threading.Lock()
+
+
+def _watchdog() -> TimerThread:
+    """The process's one watchdog thread, started on first use."""
+    global _timers
+    with _timers_lock:
+        if _timers is None:
+            _timers = TimerThread("pgq_sa-deadlines")
+            _timers.start()
+        return _timers
+
+
+def _socket_of(dbapi_connection: Any) -> int | None:
+    """The file descriptor of a driver connection, if the driver tells (psycopg, psycopg2:
+    ``fileno()``; pg8000: its socket)."""
+    with contextlib.suppress(Exception):
+        return int(dbapi_connection.fileno())
+    with contextlib.suppress(Exception):
+        return int(dbapi_connection._usock.fileno())
+    return None
+
+
+def _cut(descriptor: int) -> None:
+    """Shut the socket down under the driver's feet (its own descriptor stays open: the driver
+    closes it when the lane discards the connection)."""
+    with contextlib.suppress(OSError):
+        duplicate = socket.socket(fileno=os.dup(descriptor))
+        try:
+            duplicate.shutdown(socket.SHUT_RDWR)
+        finally:
+            duplicate.close()
+
+
+@contextlib.contextmanager
+def guard(dbapi_connection: Any, seconds: float) -> Iterator[None]:
+    """Cut ``dbapi_connection`` if the block takes longer than ``seconds``; then raise
+    :class:`StatementDeadline` from whatever the driver raised."""
+    descriptor = _socket_of(dbapi_connection)
+    if descriptor is None:  # an unknown driver: only the server-side statement_timeout applies
+        yield
+        return
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        _cut(descriptor)
+
+    timers = _watchdog()
+    handle = timers.call_later(seconds, expire)
+    try:
+        yield
+    except Exception as error:
+        if fired.is_set():
+            raise StatementDeadline(seconds) from error
+        raise
+    finally:
+        timers.cancel(handle)
+    if fired.is_set():  # answered as the deadline passed: the connection is cut all the same
+        raise StatementDeadline(seconds)
+
+
+@contextlib.contextmanager
+def async_guard(seconds: float) -> Iterator[None]:
+    """The same for an awaited statement: cancel it after ``seconds``."""
+    import anyio
+
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError as error:
+        raise StatementDeadline(seconds) from error
