@@ -33,11 +33,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format) and mypy --strict on the package."""
+    """ruff (lint and format), mypy --strict on the package, and the import layers."""
     session.install("-e", ".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("lint-imports")  # the layers and the sans-I/O core (pyproject.toml)
 
 
 @nox.session

@@ -23,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 from pgq_sa._job import JobInfo
+from pgq_sa._notifications import ListenConnection, Message
 from pgq_sa._ops import producer as operations
 from pgq_sa._ops.drive import run_async, run_sync
 from pgq_sa._schema import finished_channel
 from pgq_sa._sql import Statements
-from pgq_sa._worker.listener import ListenConnection, Message
 
 POLL_INTERVAL = 1.0
 log = logging.getLogger("pgq_sa.wait")

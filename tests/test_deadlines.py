@@ -14,13 +14,13 @@ import time
 import anyio
 import pytest
 from sqlalchemy import text
+from worker_helpers import KINDS, start_worker
 
 from pgq_sa import Queue
 from pgq_sa._config import make_async_engine
 from pgq_sa._ops.drive import Operation
 from pgq_sa._worker.deadlines import StatementDeadline
 from pgq_sa._worker.lanes import AsyncioDatabase, SyncDatabase
-from worker_helpers import KINDS, start_worker
 
 
 def _sleep(seconds: float) -> Operation[None]:
@@ -36,7 +36,7 @@ def test_a_sync_statement_past_its_deadline_is_cut_and_the_lane_recovers(engine)
     database = SyncDatabase(engine, deadline=0.5)
     lane = database.lane()
     started = time.monotonic()
-    with pytest.raises(StatementDeadline, match="no answer from the database within 0.5s"):
+    with pytest.raises(StatementDeadline, match=r"no answer from the database within 0\.5s"):
         lane.run(_sleep(30))
     assert time.monotonic() - started < 5
     assert lane.run(_one()) == 1  # a fresh connection

@@ -25,8 +25,8 @@ from pgq_sa import AsyncWorker, Job, JobSpec, JobStatus, Queue, ThreadWorker
 from pgq_sa import _roles as roles
 from pgq_sa._cli import cli
 from pgq_sa._config import make_engine
+from pgq_sa._notifications import conninfo
 from pgq_sa._schema import finished_channel, notify_channel
-from pgq_sa._worker.listener import conninfo
 from pgq_sa.migrations import db_upgrade
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
+from pgq_sa._notifications import ListenConnection
 from pgq_sa._ops.worker import Claimed
 from pgq_sa._queue import Queue
 from pgq_sa._schema import notify_channel
@@ -41,7 +42,6 @@ from pgq_sa._worker.core import fetcher_count
 from pgq_sa._worker.effects import Signal
 from pgq_sa._worker.handlers import failed_around, interrupted, run_in_scope, run_in_thread
 from pgq_sa._worker.lanes import AsyncDatabase, async_database, open_lanes
-from pgq_sa._worker.listener import ListenConnection
 from pgq_sa._worker.options import worker_options
 
 T = TypeVar("T")

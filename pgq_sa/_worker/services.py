@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
+from pgq_sa._notifications import Message
 from pgq_sa._ops import schedules as scheduling
 from pgq_sa._ops import worker as protocol
 from pgq_sa._ops.drive import Operation
@@ -35,7 +36,6 @@ from pgq_sa._worker.effects import (
     Signal,
     Wait,
 )
-from pgq_sa._worker.listener import Message
 from pgq_sa._worker.problems import brief
 
 log = logging.getLogger("pgq_sa.worker")

@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL
 
 from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
+from pgq_sa._notifications import ListenConnection
 from pgq_sa._ops.worker import Claimed
 from pgq_sa._queue import Queue
 from pgq_sa._schema import notify_channel
@@ -35,7 +36,6 @@ from pgq_sa._worker.core import fetcher_count
 from pgq_sa._worker.effects import Signal
 from pgq_sa._worker.handlers import failed_around, run_async_handler
 from pgq_sa._worker.lanes import SyncDatabase, open_lanes, sync_engine
-from pgq_sa._worker.listener import ListenConnection
 from pgq_sa._worker.options import worker_options
 from pgq_sa._worker.timers import TimerThread
 

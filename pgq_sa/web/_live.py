@@ -125,7 +125,7 @@ class Watcher:
     def _connect_listener(self) -> Any:
         if not self.listen:
             return None
-        from pgq_sa._worker.listener import ListenConnection
+        from pgq_sa._notifications import ListenConnection
 
         schema = self._statements.tables.schema
         listener = ListenConnection(self._url, [notify_channel(schema), finished_channel(schema)])
