@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -67,3 +69,21 @@ def soak(session: nox.Session) -> None:
     """30 minutes at 500 jobs/s with retention on: `nox -s soak -- --minutes 5 --rate 200`."""
     session.install("-e", ".[dev]")
     session.run("python", "tests/faults/soak.py", "--doc", "docs/soak.md", *session.posargs)
+
+
+@nox.session
+def wheel(session: nox.Session) -> None:
+    """The built wheel alone (no extras) in a fresh environment, used from outside the checkout:
+    import, `pgq-sa db upgrade`, enqueue, drain with both workers (tests/smoke)."""
+    root = Path(__file__).parent.resolve()
+    dist = Path(session.create_tmp()).resolve() / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(root))
+    (built,) = dist.glob("pgq_sa-*.whl")
+    session.install(str(built))
+    outside = Path(session.create_tmp()).resolve() / "outside"
+    outside.mkdir(exist_ok=True)
+    script = outside / "wheel_round_trip.py"
+    shutil.copy(root / "tests" / "smoke" / "wheel_round_trip.py", script)
+    session.chdir(outside)
+    session.run("python", str(script), env={"PYTHONPATH": ""})
