@@ -27,7 +27,12 @@ from benchmarks.scenarios import (
     wakeup,
     web_pages,
 )
-from benchmarks.scratch import LOCAL_SERVER, URL_VARIABLE, default_server_url, scratch_database
+from benchmarks.scratch_databases import (
+    LOCAL_SERVER,
+    URL_VARIABLE,
+    default_server_url,
+    scratch_database,
+)
 from benchmarks.stats import STATISTICS
 
 

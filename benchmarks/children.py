@@ -15,7 +15,7 @@ from multiprocessing.synchronize import Event
 from sqlalchemy.engine import make_url
 
 from benchmarks import ours
-from benchmarks.scratch import warm
+from benchmarks.scratch_databases import warm
 from pgq_sa import JobSpec, Queue
 from pgq_sa._config import make_engine
 

@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from benchmarks.progress import Progress
-from benchmarks.scratch import Scratch
+from benchmarks.scratch_databases import Scratch
 
 
 @dataclass(frozen=True)

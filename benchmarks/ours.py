@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from benchmarks.scratch import warm
+from benchmarks.scratch_databases import warm
 from pgq_sa import AsyncWorker, JobSpec, Queue, ThreadWorker
 from pgq_sa._config import make_async_engine, make_engine
 from pgq_sa._job import Job

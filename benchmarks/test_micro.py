@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from benchmarks import ours
-from benchmarks.scratch import (
+from benchmarks.scratch_databases import (
     analyze,
     default_server_url,
     execute,

@@ -16,7 +16,7 @@ from benchmarks import ours
 from benchmarks.context import Context
 from benchmarks.peers import pgqueuer_peer as peer
 from benchmarks.report import PEER, Result, print_results
-from benchmarks.scratch import execute, queue_schema, settle, state_counts, warm
+from benchmarks.scratch_databases import execute, queue_schema, settle, state_counts, warm
 from benchmarks.stats import median
 from pgq_sa import JobSpec
 

@@ -31,7 +31,7 @@ from benchmarks import machine, ours
 from benchmarks.context import Context
 from benchmarks.peers import pgqueuer_peer as peer
 from benchmarks.report import PEER, Result, print_results
-from benchmarks.scratch import analyze, expect_succeeded, queue_schema, settle
+from benchmarks.scratch_databases import analyze, expect_succeeded, queue_schema, settle
 from benchmarks.stats import summarize
 
 ANALYZE_NOTE = "jobs table ANALYZEd after the enqueue (PgQueuer's too)"

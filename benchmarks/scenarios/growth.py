@@ -27,7 +27,7 @@ from sqlalchemy import text
 from benchmarks import machine, ours
 from benchmarks.context import Context
 from benchmarks.report import Result, print_results
-from benchmarks.scratch import (
+from benchmarks.scratch_databases import (
     analyze,
     execute,
     expect_succeeded,

@@ -17,7 +17,13 @@ from benchmarks.context import Context
 from benchmarks.report import Result, print_results
 from benchmarks.scenarios.drain import _span_seconds
 from benchmarks.scenarios.fleet import fleet
-from benchmarks.scratch import analyze, expect_succeeded, queue_schema, settle, state_counts
+from benchmarks.scratch_databases import (
+    analyze,
+    expect_succeeded,
+    queue_schema,
+    settle,
+    state_counts,
+)
 
 
 def measure(context: Context, kind: str, batch_size: int, jobs: int, count: int) -> float:

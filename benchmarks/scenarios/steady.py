@@ -19,7 +19,7 @@ from benchmarks import children, machine, ours
 from benchmarks.context import Context
 from benchmarks.report import Result, print_results
 from benchmarks.scenarios.fleet import fleet
-from benchmarks.scratch import queue_schema, settle, state_counts
+from benchmarks.scratch_databases import queue_schema, settle, state_counts
 
 
 def _count(context: Context, schema: str, column: str, since: str, until: str) -> int:

@@ -37,7 +37,7 @@ from benchmarks.context import Context
 from benchmarks.peers import pgqueuer_peer as peer
 from benchmarks.producer import ProcessProducer
 from benchmarks.report import PEER, Result, print_results
-from benchmarks.scratch import queue_schema, warm
+from benchmarks.scratch_databases import queue_schema, warm
 from benchmarks.stats import percentile
 from pgq_sa import AsyncWorker, Queue, ThreadWorker
 from pgq_sa._config import make_async_engine, make_engine

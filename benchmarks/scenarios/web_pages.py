@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from benchmarks.context import Context
-from benchmarks.scratch import execute, queue_schema
+from benchmarks.scratch_databases import execute, queue_schema
 from benchmarks.stats import median, percentile
 from pgq_sa import Queue
 from pgq_sa import _dashboard as dashboard
