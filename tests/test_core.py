@@ -394,3 +394,46 @@ def test_the_heartbeat_registers_a_new_incarnation_when_its_row_is_gone():
     step(heartbeat, True)  # the limits
     step(heartbeat, True)
     assert core.registered
+
+
+def test_every_database_error_kind_is_retried_the_same_way():
+    """Decided once for both workers: SQLAlchemy's errors, psycopg's own (the LISTEN connection)
+    and socket errors (a refused connection, a statement deadline) are retried; others are not."""
+    import psycopg
+
+    from pgq_sa._worker.deadlines import StatementDeadline
+
+    for error in (
+        OperationalError("SELECT", {}, Exception("gone")),
+        psycopg.OperationalError("gone"),
+        ConnectionRefusedError("refused"),
+        StatementDeadline(1.0),
+    ):
+        core = make_core()
+        fetcher = services.fetcher(core, 0)
+        step(fetcher)
+        assert isinstance(step(fetcher, error=error), Wait), error
+    core = make_core()
+    fetcher = services.fetcher(core, 0)
+    step(fetcher)
+    with pytest.raises(KeyError):
+        services.advance(fetcher, None, KeyError("a bug is not retried"))
+
+
+def test_the_scheduler_stops_with_the_worker():
+    """Decided once: no periodic job is enqueued once the worker stops (it waits on STOPPING)."""
+    core = make_core()
+
+    @core.queue.periodic("* * * * *", name="tick")
+    def tick(job):
+        return None
+
+    scheduler = services.scheduler(core)
+    upsert = step(scheduler)
+    assert next(upsert.operation)[0] is core.statements.upsert_schedules
+    step(scheduler, True)  # the first round of fire times
+    wait = step(scheduler, 0)
+    assert wait.signal is Signal.STOPPING
+    core.begin_stop()
+    done, _ = services.advance(scheduler, True, None)
+    assert done

@@ -211,3 +211,29 @@ def test_queues_cli_lists_pauses_and_resumes(engine, database_url):
     plain = runner.invoke(cli, ["--database-url", url, "queues", "list"])
     assert "media" in plain.output
     assert "paused" in plain.output
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("escape", [SystemExit, KeyboardInterrupt])
+def test_whatever_a_handler_lets_escape_fails_its_attempt_and_the_worker_goes_on(
+    kind, escape, engine, database_url
+):
+    """Decided once for both workers: anything that escapes a handler, BaseException included,
+    fails that attempt (recorded with its type); the worker keeps running the other jobs."""
+    queue = Queue()
+
+    @queue.task("escapes", max_attempts=1)
+    def escapes(job):
+        raise escape("leaving")
+
+    @queue.task("fine")
+    def fine(job):
+        return "ok"
+
+    bad = queue.enqueue(engine, "escapes")
+    good = [queue.enqueue(engine, "fine") for _ in range(5)]
+    run_worker(make_worker(kind, queue, database_url), kind)
+    failed = queue.get(engine, bad)
+    assert failed.status is JobStatus.failed
+    assert failed.error.type == escape.__name__
+    assert {queue.get(engine, job_id).status for job_id in good} == {JobStatus.succeeded}

@@ -45,8 +45,9 @@ _timers: TimerThread | None = None
 _timers_lock = threading.Lock()
 
 
-def _watchdog() -> TimerThread:
-    """The process's one watchdog thread, started on first use."""
+def timers() -> TimerThread:
+    """The process's one watchdog thread (statement deadlines, and the timeouts of ``def``
+    handlers run in the AsyncWorker's threads), started on first use."""
     global _timers
     with _timers_lock:
         if _timers is None:
@@ -90,8 +91,8 @@ def guard(dbapi_connection: Any, seconds: float) -> Iterator[None]:
         fired.set()
         _cut(descriptor)
 
-    timers = _watchdog()
-    handle = timers.call_later(seconds, expire)
+    watchdog = timers()
+    handle = watchdog.call_later(seconds, expire)
     try:
         yield
     except Exception as error:
@@ -99,7 +100,7 @@ def guard(dbapi_connection: Any, seconds: float) -> Iterator[None]:
             raise StatementDeadline(seconds) from error
         raise
     finally:
-        timers.cancel(handle)
+        watchdog.cancel(handle)
     if fired.is_set():  # answered as the deadline passed: the connection is cut all the same
         raise StatementDeadline(seconds)
 

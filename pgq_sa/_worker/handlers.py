@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -26,6 +27,7 @@ from pgq_sa._decisions import JobCancelled, JobTimeout, Outcome
 from pgq_sa._events import EventHub
 from pgq_sa._job import Job
 from pgq_sa._tasks import TaskDefinition
+from pgq_sa._worker import deadlines
 
 log = logging.getLogger("pgq_sa.worker")
 
@@ -174,14 +176,12 @@ async def run_in_thread(
 ) -> Outcome:
     """Run a ``def`` handler (``run``) in a worker thread of the event loop; at ``timeout`` it
     sees ``job.cancelled`` (a thread cannot be interrupted)."""
-    async with anyio.create_task_group() as deadline:
-        if timeout:
-
-            async def expire() -> None:
-                await anyio.sleep(timeout)
-                job.request_cancel("timeout")
-
-            deadline.start_soon(expire)
-        outcome = await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=True)
-        deadline.cancel_scope.cancel()
-    return outcome
+    watchdog = deadlines.timers()
+    timer = (
+        watchdog.call_later(timeout, partial(job.request_cancel, "timeout")) if timeout else None
+    )
+    try:
+        return await anyio.to_thread.run_sync(run, limiter=limiter, abandon_on_cancel=True)
+    finally:
+        if timer is not None:
+            watchdog.cancel(timer)
