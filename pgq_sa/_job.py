@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,6 +71,7 @@ class JobInfo:
     dedupe_key: str | None = None
     cancel_requested: bool = False
     scheduled_at: datetime | None = None
+    workflow_id: int | None = None  # the workflow this job is a step of, if any
 
     @property
     def finished(self) -> bool:
@@ -93,10 +94,64 @@ class Job:
     run_at: datetime | None = None  # when the job was due
     started_at: datetime | None = None  # when this attempt was claimed (database clock)
     meta: dict[str, Any] | None = field(default=None, repr=False)  # e.g. a trace context
+    workflow_id: int | None = None  # the workflow this job is a step of, if any
+    upstream: Mapping[int, JobInfo] = field(default_factory=dict, repr=False)
+    """A workflow step's direct dependencies as they finished, by job id (payloads left out)."""
+    dependents: tuple[int, ...] = field(default=(), repr=False)
+    """The ids of the workflow steps that wait for this one (when it was claimed)."""
     cancel_reason: str | None = field(default=None, repr=False)
     _cancel_callbacks: list[Callable[[], None]] | None = field(default=None, repr=False)
     _cancel_event: threading.Event | None = field(default=None, repr=False)
     _connection: Any = field(default=None, repr=False)
+    _steps: list[StepRequest] | None = field(default=None, repr=False)
+
+    def add_to_workflow(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        after: Iterable[AddedStep] = (),
+        before: Iterable[int] = (),
+        on_upstream_failure: str = "cancel",
+        priority: int | None = None,
+        delay: float | timedelta | None = None,
+        run_at: datetime | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+    ) -> AddedStep:
+        """Add a step to this step's workflow, committed together with this attempt's success.
+
+        The new step waits for the steps in ``after`` (handles returned by earlier calls in this
+        attempt); the existing steps whose ids are in ``before`` (waiting steps of the same
+        workflow, typically ``job.dependents``) wait for it too. Nothing is added if the attempt
+        does not succeed (a retry starts afresh) or lost its lease. The options are those of
+        ``Workflow.add`` (no ``dedupe_key``: these steps are added exactly once anyway).
+        """
+        from pgq_sa._workflow import step_request
+
+        if self.workflow_id is None:
+            raise RuntimeError(
+                f"job {self.id} ({self.task!r}) is not a workflow step; add_to_workflow extends "
+                "the workflow of the running step"
+            )
+        steps = self._steps if self._steps is not None else []
+        request = step_request(
+            len(steps),
+            task,
+            payload,
+            after=after,
+            before=before,
+            on_upstream_failure=on_upstream_failure,
+            priority=priority,
+            delay=delay,
+            run_at=run_at,
+            queue=queue,
+            max_attempts=max_attempts,
+            owner=self,
+        )
+        steps.append(request)
+        self._steps = steps
+        return AddedStep(self.id, request.index, request.task)
 
     @property
     def connection(self) -> Any:
@@ -148,6 +203,33 @@ class Job:
                 self._cancel_event = threading.Event()
             event = self._cancel_event
         return event.wait(timeout)
+
+
+@dataclass(frozen=True)
+class AddedStep:
+    """A step added by ``job.add_to_workflow``: pass it in ``after=`` of a later addition."""
+
+    job_id: int  # the step that added it
+    index: int  # its position among that attempt's additions
+    task: str
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One ``add_to_workflow`` call, checked: options left None take the task's defaults when
+    the step is written (the payload is JSON text already)."""
+
+    index: int
+    task: str
+    payload: str | None
+    after: tuple[int, ...]
+    before: tuple[int, ...]
+    on_upstream_failure: str
+    priority: int | None
+    delay: float | None
+    run_at: datetime | None
+    queue: str | None
+    max_attempts: int | None
 
 
 # One lock for the rare cancellation bookkeeping of every job: creating a lock (or an Event)

@@ -15,6 +15,7 @@ from sqlalchemy.sql.expression import Executable
 from pgq_sa._schema import QueueTables
 from pgq_sa._sql import claim, finish, limits, maintenance, producer, schedules, workers
 from pgq_sa._sql.monitoring import MonitoringStatements
+from pgq_sa._sql.workflows import WorkflowStatements
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Statements:
     list_schedules: Executable
     set_schedule_enabled: Executable
     monitoring: MonitoringStatements
+    workflows: WorkflowStatements
 
     @classmethod
     def build(cls, tables: QueueTables) -> Statements:
@@ -93,4 +95,5 @@ class Statements:
             list_schedules=schedules.list_schedules(tables),
             set_schedule_enabled=schedules.set_schedule_enabled(tables),
             monitoring=MonitoringStatements.build(tables),
+            workflows=WorkflowStatements.build(tables),
         )

@@ -26,18 +26,19 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by, insert
 from sqlalchemy.sql.expression import Executable
 
-from pgq_sa._schema import QueueTables
+from pgq_sa._schema import QueueTables, finished_channel
 from pgq_sa._sql.shared import (
     INSERTED_COLUMNS,
     LIVE_PREDICATE,
     JsonColumn,
-    announce_finished,
+    announce_finished_sql,
     in_states,
     json_rows,
     live_states,
     notify,
     wake_message,
 )
+from pgq_sa._sql.workflows import UNBLOCK_NOTICES, unblock_ctes
 
 ENQUEUE_COLUMNS = (
     "task",
@@ -111,10 +112,12 @@ def enqueue(tables: QueueTables) -> Executable:
 
 
 def live_ids_by_dedupe_key(tables: QueueTables) -> Executable:
+    """The unfinished jobs holding ``keys``: live ones, and waiting workflow steps (which hold
+    their keys from enqueue, see migration step 0005)."""
     jobs = tables.jobs
     return select(jobs.c.dedupe_key, jobs.c.id).where(
         jobs.c.dedupe_key == func.any(bindparam("keys", type_=ARRAY(Text))),
-        in_states(jobs.c.state, "queued", "running"),
+        in_states(jobs.c.state, "queued", "running", "waiting"),
     )
 
 
@@ -138,6 +141,7 @@ def job_columns(tables: QueueTables) -> Select[tuple[object, ...]]:
         jobs.c.dedupe_key,
         jobs.c.cancel_requested,
         jobs.c.scheduled_at,
+        jobs.c.workflow_id,
     )
 
 
@@ -173,12 +177,25 @@ def mark_awaited(tables: QueueTables) -> Executable:
 
 
 def cancel_queued(tables: QueueTables) -> Executable:
-    jobs = tables.jobs
+    """Cancel a job that has not started (queued, or a waiting workflow step), announce it to its
+    waiters, and settle its workflow dependents like any finish."""
+    s = tables.schema
     return (
-        update(jobs)
-        .where(jobs.c.id == bindparam("job_id"), in_states(jobs.c.state, "queued"))
-        .values(state="cancelled", finished_at=func.now(), cancel_requested=True)
-        .returning(jobs.c.id, announce_finished(tables, jobs))
+        text(
+            f"""
+WITH RECURSIVE done AS (
+    UPDATE "{s}".jobs AS j
+       SET state = 'cancelled', finished_at = now(), cancel_requested = true
+     WHERE j.id = :job_id AND j.state IN ('queued', 'waiting')
+    RETURNING j.id, j.state, j.task, j.awaited, j.workflow_id
+),
+notified AS ({announce_finished_sql(finished_channel(s), "done")}
+),{unblock_ctes(s, "done")}
+SELECT done.id, (SELECT count(*) FROM notified) + {UNBLOCK_NOTICES} AS notices FROM done
+"""
+        )
+        .bindparams(bindparam("job_id", type_=BigInteger))
+        .columns(column("id", BigInteger), column("notices", BigInteger))
     )
 
 
@@ -197,7 +214,9 @@ def cancel_running(tables: QueueTables) -> Executable:
 def retry_finished(tables: QueueTables) -> Executable:
     """Queue a failed or cancelled job again, now, with at least one attempt left.
 
-    Refused (no row) when another live job holds the same dedupe key.
+    Refused (no row) when another unfinished job holds the same dedupe key, and for workflow
+    steps: a step runs again with ``retry_workflow``, which also makes it wait for its
+    dependencies and revives the steps its failure cancelled.
     """
     jobs = tables.jobs
     holder = jobs.alias("holder")
@@ -205,7 +224,7 @@ def retry_finished(tables: QueueTables) -> Executable:
         select(holder.c.id)
         .where(
             holder.c.dedupe_key == jobs.c.dedupe_key,
-            in_states(holder.c.state, "queued", "running"),
+            in_states(holder.c.state, "queued", "running", "waiting"),
         )
         .exists()
     )
@@ -214,6 +233,7 @@ def retry_finished(tables: QueueTables) -> Executable:
         .where(
             jobs.c.id == bindparam("job_id"),
             in_states(jobs.c.state, "failed", "cancelled"),
+            jobs.c.workflow_id.is_(None),
             case((jobs.c.dedupe_key.is_(None), true()), else_=key_is_free),
         )
         .values(

@@ -576,7 +576,8 @@ class AsyncWorker:
             if item.cancel_requested:
                 job.request_cancel("cancel")
             if definition.is_async:
-                if definition.transactional or self.queue.events.active:
+                # workflow steps too: the steps they add commit with their success (issue 15)
+                if definition.transactional or self.queue.events.active or job.workflow_id:
                     # its own scope, transaction and events (see workers/transactional.py)
                     outcome = await self._jobs.run(
                         definition, job, timeout, self.queue.events, self.identity.id

@@ -459,6 +459,8 @@ class ThreadWorker:
                     outcome = self._portal.call(
                         run_async_handler, definition, job, timeout, *observers
                     )
+                    # workflow hook (issue 15): steps it added commit with its success
+                    outcome = self._jobs.commit_steps(definition, job, outcome)
                 else:
                     outcome = self._jobs.run(definition, job, timeout, *observers)
             except BaseException as error:
