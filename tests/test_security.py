@@ -345,7 +345,8 @@ def test_grant_script_and_role_names():
     script = roles.grant_script("pgq_app", worker='we"ird', producer="App Producer")
     assert 'GRANT USAGE ON SCHEMA "pgq_app" TO "we""ird";' in script
     assert (
-        "GRANT INSERT (id, task, queue, payload, priority, max_attempts, run_at, dedupe_key, meta) "
+        "GRANT INSERT (id, task, queue, payload, priority, max_attempts, run_at, dedupe_key, meta, "
+        "workflow_id, state, waiting_for, on_upstream_failure, awaited) "
         'ON TABLE pgq_app.jobs TO "App Producer";'
     ) in script
     assert "DELETE" not in script.split('"App Producer"', 1)[1]

@@ -123,6 +123,15 @@ UNBLOCK_NOTICES = "((SELECT count(*) FROM wf_woken) + (SELECT count(*) FROM wf_a
 that the CTEs sending them run."""
 
 
+def _edges_from(s: str, parent: str) -> str:
+    """The edges leaving step ``parent`` (SQL, for a LATERAL subquery): a range of the primary
+    key whatever the statistics, as ``OFFSET 0`` keeps the planner from flattening it into a
+    hash join that would read every edge of every workflow."""
+    return (
+        f'SELECT d.job_id FROM "{s}".job_dependencies AS d WHERE d.depends_on = {parent} OFFSET 0'
+    )
+
+
 def unblock_ctes(s: str, ended: str) -> str:
     """CTEs (to follow others in a ``WITH RECURSIVE`` list) that settle the dependents of the rows
     of ``ended``: a CTE or FROM item with ``id``, ``state``, ``task`` and ``workflow_id`` of the
@@ -141,13 +150,13 @@ wf_ended AS (
 wf_reach (id) AS (
     SELECT d.job_id
       FROM wf_ended AS e
-      JOIN "{s}".job_dependencies AS d ON d.depends_on = e.id
+     CROSS JOIN LATERAL ({_edges_from(s, "e.id")}) AS d
       JOIN "{s}".jobs AS c ON c.id = d.job_id
      WHERE e.state <> 'succeeded' AND c.on_upstream_failure = 'cancel'
     UNION
     SELECT d.job_id
       FROM wf_reach AS x
-      JOIN "{s}".job_dependencies AS d ON d.depends_on = x.id
+     CROSS JOIN LATERAL ({_edges_from(s, "x.id")}) AS d
       JOIN "{s}".jobs AS c ON c.id = d.job_id
      WHERE c.on_upstream_failure = 'cancel'
 ),
@@ -156,8 +165,8 @@ wf_locked AS (
       FROM "{s}".jobs AS c
      WHERE c.id = any(ARRAY(
                SELECT d.job_id
-                 FROM "{s}".job_dependencies AS d
-                WHERE d.depends_on IN (SELECT id FROM wf_ended UNION ALL SELECT id FROM wf_reach)))
+                 FROM (SELECT id FROM wf_ended UNION SELECT id FROM wf_reach) AS p
+                CROSS JOIN LATERAL ({_edges_from(s, "p.id")}) AS d))
      ORDER BY c.id
        FOR UPDATE
 ),
@@ -167,20 +176,20 @@ wf_live AS (
 wf_cancel (id, cause) AS (
     SELECT l.id, e.id
       FROM wf_ended AS e
-      JOIN "{s}".job_dependencies AS d ON d.depends_on = e.id
+     CROSS JOIN LATERAL ({_edges_from(s, "e.id")}) AS d
       JOIN wf_live AS l ON l.id = d.job_id
      WHERE e.state <> 'succeeded' AND l.on_upstream_failure = 'cancel'
     UNION
     SELECT l.id, x.cause
       FROM wf_cancel AS x
-      JOIN "{s}".job_dependencies AS d ON d.depends_on = x.id
+     CROSS JOIN LATERAL ({_edges_from(s, "x.id")}) AS d
       JOIN wf_live AS l ON l.id = d.job_id
      WHERE l.on_upstream_failure = 'cancel'
 ),
 wf_counts AS (
     SELECT d.job_id AS id, count(*) AS n
-      FROM "{s}".job_dependencies AS d
-     WHERE d.depends_on IN (SELECT id FROM wf_ended UNION SELECT id FROM wf_cancel)
+      FROM (SELECT id FROM wf_ended UNION SELECT id FROM wf_cancel) AS p
+     CROSS JOIN LATERAL ({_edges_from(s, "p.id")}) AS d
      GROUP BY d.job_id
 ),
 wf_plan AS (
