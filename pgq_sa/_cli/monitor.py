@@ -111,6 +111,7 @@ def status_json(state: Status, schema: str) -> dict[str, Any]:
                 "due": q.due,
                 "scheduled": q.scheduled,
                 "queued": q.due + q.scheduled,
+                "waiting": q.waiting,
                 "running": q.running,
                 "failed": q.failed,
                 "oldest_wait_seconds": _round(q.oldest_wait),
@@ -126,6 +127,7 @@ def status_json(state: Status, schema: str) -> dict[str, Any]:
                 "due": t.due,
                 "scheduled": t.scheduled,
                 "queued": t.due + t.scheduled,
+                "waiting": t.waiting,
                 "running": t.running,
                 "failed": t.failed,
                 "cancelled": t.cancelled,
@@ -184,13 +186,14 @@ def _clip(text: str, width: int) -> str:
 
 def _task_lines(state: Status) -> list[str]:
     lines = [
-        f"{'queue / task':<34}{'due':>8}{'later':>8}{'running':>9}{'failed':>8}"
+        f"{'queue / task':<34}{'due':>8}{'later':>8}{'waiting':>9}{'running':>9}{'failed':>8}"
         f"{'oldest wait':>13}{'rate/s':>9}"
     ]
     for q in state.queues:
         lines.append(
             f"{_clip(q.name, 24):<24}{'paused' if q.paused else '':<10}{q.due:>8}{q.scheduled:>8}"
-            f"{q.running:>9}{q.failed:>8}{duration(q.oldest_wait):>13}{q.rate:>9.2f}"
+            f"{q.waiting:>9}{q.running:>9}{q.failed:>8}{duration(q.oldest_wait):>13}"
+            f"{q.rate:>9.2f}"
         )
         for t in state.tasks:
             if t.queue != q.name:
@@ -202,8 +205,8 @@ def _task_lines(state: Status) -> list[str]:
                     "takes this queue" if declared else "declares this task"
                 )
             lines.append(
-                f"  {_clip(t.task, 32):<32}{t.due:>8}{t.scheduled:>8}{t.running:>9}{t.failed:>8}"
-                f"{duration(t.oldest_wait):>13}{t.rate:>9.2f}{note}"
+                f"  {_clip(t.task, 32):<32}{t.due:>8}{t.scheduled:>8}{t.waiting:>9}{t.running:>9}"
+                f"{t.failed:>8}{duration(t.oldest_wait):>13}{t.rate:>9.2f}{note}"
             )
     if not state.queues:
         lines.append("(no jobs)")
@@ -271,7 +274,8 @@ def _gather(context: Context, window: float, stale_after: float) -> Status:
 @pass_context
 @handles_errors
 def status(context: Context, as_json: bool, window: float, stale_after: float) -> None:
-    """Per queue and task: due, scheduled later, running, failed, oldest wait, rate; workers.
+    """Per queue and task: due, scheduled later, waiting (workflow steps), running, failed, oldest
+    wait, rate; workers.
 
     A task whose queued jobs no live worker declares is flagged: its jobs stay queued until a
     worker that knows it starts.

@@ -306,8 +306,9 @@ def list_queues(tables: QueueTables) -> Executable:
 
 
 def live_job_counts(tables: QueueTables) -> Executable:
-    """Live jobs per queue, task and state, how many queued ones are due, and how long the
-    oldest due one has waited (seconds): the queue-depth gauges, read at scrape time."""
+    """Live jobs (waiting workflow steps included) per queue, task and state, how many queued
+    ones are due, and how long the oldest due one has waited (seconds): the queue-depth gauges,
+    read at scrape time."""
     jobs = tables.jobs
     due = and_(in_states(jobs.c.state, "queued"), jobs.c.run_at <= func.now())
     oldest = func.min(jobs.c.run_at).filter(due)
@@ -320,7 +321,7 @@ def live_job_counts(tables: QueueTables) -> Executable:
             func.count().filter(due).label("due"),
             func.coalesce(func.extract("epoch", func.now() - oldest), 0).label("oldest_due_age"),
         )
-        .where(in_states(jobs.c.state, "queued", "running"))
+        .where(or_(live_states(jobs.c.state), in_states(jobs.c.state, "waiting")))
         .group_by(jobs.c.queue, jobs.c.task, jobs.c.state)
         .order_by(jobs.c.queue, jobs.c.task, jobs.c.state)
     )

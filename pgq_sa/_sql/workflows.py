@@ -213,8 +213,7 @@ wf_changed AS (
                'type', '{UPSTREAM_FAILED}',
                'message', 'upstream step ' || p.cause || ' (' || p.cause_task || ') '
                           || CASE WHEN p.cause_state = 'failed' THEN 'failed'
-                                  ELSE 'was cancelled' END
-                          || '; this step waits for it with on_upstream_failure=''cancel''',
+                                  ELSE 'was cancelled' END,
                'traceback', NULL,
                'attempt', c.attempt,
                'upstream', p.cause)::jsonb END
@@ -836,8 +835,7 @@ settled AS (
                'type', '{UPSTREAM_FAILED}',
                'message', 'upstream step ' || v.cause || ' (' || v.cause_task || ') '
                           || CASE WHEN v.cause_state = 'failed' THEN 'failed'
-                                  ELSE 'was cancelled' END
-                          || '; this step waits for it with on_upstream_failure=''cancel''',
+                                  ELSE 'was cancelled' END,
                'traceback', NULL, 'attempt', c.attempt, 'upstream', v.cause)::jsonb END
       FROM verdict AS v
      WHERE c.id = any(ARRAY(SELECT id FROM verdict)) AND c.id = v.id AND c.state = 'waiting'
