@@ -132,6 +132,18 @@ def _edges_from(s: str, parent: str) -> str:
     )
 
 
+def _upstream_error(cause: str, step: str) -> str:
+    """The stored error (SQL) of step ``step`` cancelled because of the step whose id, task and
+    state are ``cause``'s ``cause``, ``cause_task`` and ``cause_state``."""
+    c = cause
+    return f"""json_build_object(
+               'type', '{UPSTREAM_FAILED}',
+               'message', 'upstream step ' || {c}.cause || ' (' || {c}.cause_task || ') '
+                          || CASE WHEN {c}.cause_state = 'failed' THEN 'failed'
+                                  ELSE 'was cancelled' END,
+               'traceback', NULL, 'attempt', {step}.attempt, 'upstream', {c}.cause)::jsonb"""
+
+
 def unblock_ctes(s: str, ended: str) -> str:
     """CTEs (to follow others in a ``WITH RECURSIVE`` list) that settle the dependents of the rows
     of ``ended``: a CTE or FROM item with ``id``, ``state``, ``task`` and ``workflow_id`` of the
@@ -209,14 +221,7 @@ wf_changed AS (
            run_at = CASE WHEN p.cause IS NULL AND c.waiting_for <= p.n
                          THEN greatest(c.run_at, now()) ELSE c.run_at END,
            finished_at = CASE WHEN p.cause IS NOT NULL THEN now() END,
-           error = CASE WHEN p.cause IS NULL THEN c.error ELSE json_build_object(
-               'type', '{UPSTREAM_FAILED}',
-               'message', 'upstream step ' || p.cause || ' (' || p.cause_task || ') '
-                          || CASE WHEN p.cause_state = 'failed' THEN 'failed'
-                                  ELSE 'was cancelled' END,
-               'traceback', NULL,
-               'attempt', c.attempt,
-               'upstream', p.cause)::jsonb END
+           error = CASE WHEN p.cause IS NULL THEN c.error ELSE {_upstream_error("p", "c")} END
       FROM wf_plan AS p
      WHERE c.id = any(ARRAY(SELECT wf_plan.id FROM wf_plan)) AND c.id = p.id
        AND c.state = 'waiting'
@@ -831,12 +836,7 @@ settled AS (
            waiting_for = 0,
            run_at = CASE WHEN v.cancel THEN c.run_at ELSE greatest(c.run_at, now()) END,
            finished_at = CASE WHEN v.cancel THEN now() END,
-           error = CASE WHEN NOT v.cancel THEN c.error ELSE json_build_object(
-               'type', '{UPSTREAM_FAILED}',
-               'message', 'upstream step ' || v.cause || ' (' || v.cause_task || ') '
-                          || CASE WHEN v.cause_state = 'failed' THEN 'failed'
-                                  ELSE 'was cancelled' END,
-               'traceback', NULL, 'attempt', c.attempt, 'upstream', v.cause)::jsonb END
+           error = CASE WHEN NOT v.cancel THEN c.error ELSE {_upstream_error("v", "c")} END
       FROM verdict AS v
      WHERE c.id = any(ARRAY(SELECT id FROM verdict)) AND c.id = v.id AND c.state = 'waiting'
     RETURNING c.id, c.state, c.task, c.queue, c.run_at, c.awaited, c.workflow_id
