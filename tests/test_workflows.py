@@ -87,14 +87,17 @@ def test_a_diamond_runs_in_order_and_results_flow_downstream(engine):
         ids[2]: (ids[0],),
         ids[3]: (ids[1], ids[2]),
     }
-    assert info.step(d).id == ids[3] and info.dependents(ids[0]) == [ids[1], ids[2]]
+    assert info.step(d).id == ids[3]
+    assert info.dependents(ids[0]) == [ids[1], ids[2]]
     assert queue.get(engine, ids[3]).workflow_id == workflow_id
 
     runs = run_due_jobs(queue, engine)
-    assert [r.task for r in runs][0] == "a" and [r.task for r in runs][-1] == "d"
+    assert next(r.task for r in runs) == "a"
+    assert [r.task for r in runs][-1] == "d"
     assert sorted(r.task for r in runs[1:3]) == ["b", "c"]
     final = queue.get_workflow(engine, workflow_id)
-    assert final.status is WorkflowStatus.succeeded and final.finished
+    assert final.status is WorkflowStatus.succeeded
+    assert final.finished
     assert final.finished_at == max(s.finished_at for s in final.steps)
     joined = final.step(d).result
     assert joined["upstream"] == {
@@ -112,17 +115,19 @@ def test_a_diamond_runs_in_order_and_results_flow_downstream(engine):
 
 
 def test_fan_out_and_fan_in_with_add_many(engine):
-    queue, ran = _queue()
+    queue, _ran = _queue()
     flow = Workflow()  # a name is optional
     root = flow.add("a")
     labels = flow.add_many("b", [{"parcel": p} for p in range(5)], after=[root])
     notify = flow.add("c", after=[root, *labels])
     workflow_id = queue.enqueue_workflow(engine, flow)
-    assert len(labels) == 5 and [s.index for s in labels] == [1, 2, 3, 4, 5]
+    assert len(labels) == 5
+    assert [s.index for s in labels] == [1, 2, 3, 4, 5]
     runs = run_due_jobs(queue, engine)
     assert [r.task for r in runs] == ["a", *["b"] * 5, "c"]
     info = queue.get_workflow(engine, workflow_id)
-    assert info.name is None and info.status is WorkflowStatus.succeeded
+    assert info.name is None
+    assert info.status is WorkflowStatus.succeeded
     assert len(info.step(notify).result["upstream"]) == 6
 
 
@@ -166,7 +171,8 @@ def test_a_failure_cancels_cancel_dependents_transitively_and_run_dependents_sti
         assert step.status is JobStatus.cancelled
         assert step.error.type == "pgq_sa.UpstreamFailed" == f"pgq_sa.{UpstreamFailed.__name__}"
         assert step.error.message == f"upstream step {info.step(broken).id} (boom) failed"
-        assert step.started_at is None and step.finished_at is not None
+        assert step.started_at is None
+        assert step.finished_at is not None
     seen = by_handle[cleanup].result["upstream"]
     assert seen[str(info.step(broken).id)][:2] == ["boom", "failed"]
     assert seen[str(info.step(beside).id)][:2] == ["d", "succeeded"]
@@ -192,10 +198,13 @@ def test_the_upstream_job_info_carries_the_failure(engine):
     run_due_jobs(queue, engine)
     (info,) = seen.values()
     stored = queue.get_workflow(engine, workflow_id).step(broken)
-    assert info.id == stored.id and info.status is JobStatus.failed
-    assert info.error.type == "ValueError" and info.error.message == "no stock"
+    assert info.id == stored.id
+    assert info.status is JobStatus.failed
+    assert info.error.type == "ValueError"
+    assert info.error.message == "no stock"
     assert info.payload is None  # payloads stay out of job.upstream
-    assert info.workflow_id == workflow_id and info.attempts == 1
+    assert info.workflow_id == workflow_id
+    assert info.attempts == 1
     assert abs(info.finished_at - stored.finished_at) < timedelta(milliseconds=1)
     assert abs(info.created_at - stored.created_at) < timedelta(milliseconds=1)
 
@@ -252,7 +261,8 @@ def test_cancel_workflow_asks_running_steps_to_stop(engine):
     (claimed,) = run_sync(engine, protocol.claim(queue.statements, holder.id, ["a"], None, 1))
     assert queue.cancel_workflow(engine, workflow_id) == 2
     info = queue.get_workflow(engine, workflow_id)
-    assert info.steps[0].status is JobStatus.running and info.steps[0].cancel_requested
+    assert info.steps[0].status is JobStatus.running
+    assert info.steps[0].cancel_requested
     assert info.steps[1].status is JobStatus.cancelled
     (beat,) = [run_sync(engine, protocol.heartbeat(queue.statements, holder.id))]
     assert beat.cancel == (claimed.job.id,)
@@ -293,7 +303,8 @@ def test_retry_workflow_revives_failed_steps_and_their_cascade_and_keeps_success
     assert info.status is WorkflowStatus.running
     assert info.step(fragile).status is JobStatus.queued
     assert info.step(fragile).max_attempts == 2  # one more attempt than it had
-    assert info.step(join).status is JobStatus.waiting and info.step(join).error is None
+    assert info.step(join).status is JobStatus.waiting
+    assert info.step(join).error is None
     assert info.step(after_join).status is JobStatus.waiting
     assert info.step(compensate).status is JobStatus.succeeded  # kept
     with engine.connect() as connection:
@@ -303,7 +314,8 @@ def test_retry_workflow_revives_failed_steps_and_their_cascade_and_keeps_success
                 {"w": workflow_id},
             ).all()
         )
-    assert waits[info.step(join).id] == 1 and waits[info.step(after_join).id] == 1
+    assert waits[info.step(join).id] == 1
+    assert waits[info.step(after_join).id] == 1
 
     runs = run_due_jobs(queue, engine)
     assert [r.payload for r in runs] == ["fragile", "join", "after_join"]
@@ -374,8 +386,8 @@ def test_enqueue_takes_a_constant_number_of_statements(engine):
         flow.add("c", after=middle)
         statements: list[str] = []
 
-        def count(conn, cursor, statement, parameters, context, executemany):
-            statements.append(statement)
+        def count(*args, statements=statements):
+            statements.append(args[2])
 
         with engine.connect() as connection:
             event.listen(connection, "before_cursor_execute", count)
@@ -440,7 +452,8 @@ def test_a_key_held_by_a_plain_job_is_refused_and_the_callers_work_kept(engine):
         mine = queue.enqueue(session, "c", {"mine": True})
         with pytest.raises(DedupeConflict, match=f"held by job {holder}") as raised:
             queue.enqueue_workflow(session, flow)
-        assert raised.value.key == "k" and raised.value.holder == holder
+        assert raised.value.key == "k"
+        assert raised.value.holder == holder
         session.commit()  # the savepoint undid the workflow only
     assert queue.get(engine, mine).status is JobStatus.queued
     with engine.connect() as connection:
@@ -471,7 +484,7 @@ def test_bad_workflows_are_refused_before_any_sql(engine):
     not_a_bind = object()  # reaching SQL would raise a TypeError about the bind instead
     with pytest.raises(ValueError, match="no steps"):
         queue.enqueue_workflow(not_a_bind, Workflow("empty"))
-    with pytest.raises(TypeError, match="takes a pgq_sa.Workflow"):
+    with pytest.raises(TypeError, match=r"takes a pgq_sa\.Workflow"):
         queue.enqueue_workflow(not_a_bind, [JobSpec("a")])
 
     flow, other = Workflow(), Workflow()
@@ -556,13 +569,13 @@ def test_retention_prunes_finished_workflows_whole_and_keeps_live_ones(engine):
     plain = queue.enqueue(engine, "a")
     run_due_jobs(queue, engine, tasks=["a", "b", "c", "boom"])  # "d" of live stays waiting
     info = queue.get_workflow(engine, live_id)
-    assert [s.status.value for s in info.steps][0] == "succeeded"
+    assert next(s.status.value for s in info.steps) == "succeeded"
     with engine.begin() as connection:  # everything finished a day ago
         connection.execute(
             text(
                 "UPDATE pgq.jobs SET finished_at = now() - interval '1 day' WHERE finished_at "
                 "IS NOT NULL"
-            )  # fmt: skip
+            )
         )
     removed = run_sync(engine, protocol.prune(queue.statements, 3600.0, 7 * 86400.0, 100))
     assert removed == 3  # the plain job and the two steps of "done"
@@ -571,7 +584,8 @@ def test_retention_prunes_finished_workflows_whole_and_keeps_live_ones(engine):
     assert queue.get_workflow(engine, live_id).steps[0].status is JobStatus.succeeded  # needed
     assert len(queue.get_workflow(engine, failed_id).steps) == 2  # kept for 7 days
     removed = run_sync(engine, protocol.prune(queue.statements, 3600.0, 3600.0, 100))
-    assert removed == 2 and queue.get_workflow(engine, failed_id) is None
+    assert removed == 2
+    assert queue.get_workflow(engine, failed_id) is None
     with engine.connect() as connection:
         edges = connection.execute(text("SELECT count(*) FROM pgq.job_dependencies"))
         assert edges.scalar_one() == 1  # the live workflow's
@@ -587,4 +601,6 @@ def test_upstream_serialisation_is_json():
     }  # fmt: skip
     (info,) = protocol.upstream_infos(json.loads(json.dumps([entry]))).values()
     assert info.finished_at == datetime.fromtimestamp(2.25, timezone.utc)
-    assert info.started_at is None and info.result == [1] and info.workflow_id == 9
+    assert info.started_at is None
+    assert info.result == [1]
+    assert info.workflow_id == 9
