@@ -7,6 +7,7 @@ previous release cannot claim waiting steps), and the plans of the statements in
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -403,6 +404,27 @@ def test_the_unblocking_reads_edges_through_their_indexes(engine, database_url):
         assert "Seq Scan on job_dependencies" not in plan, plan
         assert "Seq Scan on jobs" not in plan, plan
         assert "Index Only Scan using job_dependencies_pkey" in plan, plan
+
+
+def test_finishing_the_root_of_a_wide_fan_out_is_linear(engine, database_url):
+    """Queuing 2,000 children is 2,000 primary-key lookups, never a scan of one CTE per row."""
+    queue = _queue()
+    flow = Workflow()
+    flow.add_many("b", range(2000), after=[flow.add("a")])
+    queue.enqueue_workflow(engine, flow)
+    worker, (claimed,) = _claim(queue, engine, "a")
+    from pgq_sa._decisions import finish_parameters
+
+    params = {"worker_id": worker.id, "tasks": ["a"], "limit": 10}
+    params.update(finish_parameters([succeeded(claimed.job.id, claimed.job.attempt, None)]))
+    for name, session in (("finish", FINISH_SESSION), ("finish_and_claim", CLAIM_SESSION)):
+        plan = _generic_plan(database_url, getattr(queue.statements, name), params, session)
+        assert "rows=2000 loops=1)" in plan, plan  # the children were all settled, once
+        for line in plan.splitlines():
+            found = re.search(r"rows=(\d+) loops=(\d+)\)", line)
+            if found and "CTE Scan" in line:
+                rows, loops = map(int, found.groups())
+                assert rows * loops <= 2 * 2000, plan
 
 
 def test_a_plain_job_never_reads_the_edges_when_claimed(engine, database_url):

@@ -20,8 +20,11 @@ How it stays race-free under READ COMMITTED:
   counted down, and run with the failure in ``job.upstream``.
 
 Every statement locks rows in the same order: the running rows it ends, then waiting rows in id
-order (all in one pass), so finishes, cancels, retries and the straggler sweep cannot deadlock
-with one another. Newly queued steps wake the workers with one NOTIFY per statement.
+order (all in one pass, ``wf_locked``), so finishes, cancels, retries and the straggler sweep
+cannot deadlock with one another; the UPDATE that follows writes rows already locked, in
+whatever order its plan joins them (a primary-key lookup per row: a fan-out of 10,000 is 10,000
+lookups, not 10,000 squared). Newly queued steps wake the workers with one NOTIFY per
+statement.
 """
 
 from __future__ import annotations
@@ -223,8 +226,7 @@ wf_changed AS (
            finished_at = CASE WHEN p.cause IS NOT NULL THEN now() END,
            error = CASE WHEN p.cause IS NULL THEN c.error ELSE {_upstream_error("p", "c")} END
       FROM wf_plan AS p
-     WHERE c.id = any(ARRAY(SELECT wf_plan.id FROM wf_plan)) AND c.id = p.id
-       AND c.state = 'waiting'
+     WHERE c.id = p.id AND c.state = 'waiting'
     RETURNING c.id, c.state, c.task, c.queue, c.run_at, c.awaited, c.workflow_id
 ),
 wf_woken AS (
@@ -761,7 +763,7 @@ changed AS (
            max_attempts = CASE WHEN p.revive THEN greatest(j.max_attempts, j.attempt + 1)
                                ELSE j.max_attempts END
       FROM plan AS p
-     WHERE j.id = any(ARRAY(SELECT id FROM locked)) AND j.id = p.id
+     WHERE j.id = p.id AND j.id IN (SELECT id FROM locked)
        AND CASE WHEN p.revive THEN j.state IN ('failed', 'cancelled')
                 ELSE j.state IN ('waiting', 'queued') END
     RETURNING j.id, j.state, j.task, p.revive
@@ -838,7 +840,7 @@ settled AS (
            finished_at = CASE WHEN v.cancel THEN now() END,
            error = CASE WHEN NOT v.cancel THEN c.error ELSE {_upstream_error("v", "c")} END
       FROM verdict AS v
-     WHERE c.id = any(ARRAY(SELECT id FROM verdict)) AND c.id = v.id AND c.state = 'waiting'
+     WHERE c.id = v.id AND c.state = 'waiting'
     RETURNING c.id, c.state, c.task, c.queue, c.run_at, c.awaited, c.workflow_id
 ),
 settled_woken AS (
