@@ -72,9 +72,8 @@ def test_steps_added_at_run_time_run_before_the_steps_that_wait(
     assert info.dependencies[merge.id] == tuple(s.id for s in info.steps[2:6])
 
 
+@pytest.mark.parametrize("kind", ["threads", "asyncio"])  # trio runs def tasks like threads
 def test_a_transactional_step_adds_steps_with_its_own_writes(kind, engine, database_url):
-    if kind == "trio":
-        pytest.skip("a def transactional task is the same on trio as on threads")
     queue = Queue()
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE effects (job_id bigint)"))
