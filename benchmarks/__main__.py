@@ -16,7 +16,17 @@ from pathlib import Path
 from benchmarks import machine, ours
 from benchmarks.context import Context
 from benchmarks.progress import Progress
-from benchmarks.scenarios import bulk, drain, growth, memory, processes, steady, suite, wakeup
+from benchmarks.scenarios import (
+    bulk,
+    drain,
+    growth,
+    memory,
+    processes,
+    steady,
+    suite,
+    wakeup,
+    workflows,
+)
 from benchmarks.scratch import LOCAL_SERVER, URL_VARIABLE, default_server_url, scratch_database
 from benchmarks.stats import STATISTICS
 
@@ -120,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--idle", type=float, default=3.0, help="idle seconds before the first read")
 
     p = scenarios.add_parser(
+        "workflows", parents=[common, kind], help="chain hop latency and a fan-in's throughput"
+    )
+    p.add_argument("--links", type=int, default=200, help="steps of the chain (hops + 1)")
+    p.add_argument("--gap", type=float, default=0.02, help="seconds each chain step runs")
+    p.add_argument("--steps", type=int, default=10_000, help="steps of the fan-in workflow")
+    p.add_argument("--batch-size", type=int, default=10)
+
+    p = scenarios.add_parser(
         "all", parents=[common], help="everything with --peer pgqueuer, plus a markdown summary"
     )
     p.add_argument("--jobs", type=int, default=30_000, help="drain jobs")
@@ -187,6 +205,15 @@ def _run(context: Context, args: argparse.Namespace, command: str) -> None:
             small=args.small,
             large=args.large,
             idle=args.idle,
+        )
+    elif args.scenario == "workflows":
+        workflows.run(
+            context,
+            kinds=_kinds(args.kind),
+            links=args.links,
+            gap=args.gap,
+            steps=args.steps,
+            batch_size=args.batch_size,
         )
     elif args.scenario == "growth":
         growth.run(
