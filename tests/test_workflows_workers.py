@@ -84,17 +84,30 @@ def test_a_transactional_step_adds_steps_with_its_own_writes(kind, engine, datab
         job.add_to_workflow("part", 1, before=job.dependents)
         return "ok"
 
+    if kind == "asyncio":
+
+        @queue.task("tx.split_async", transactional=True)
+        async def split_async(job):
+            await job.connection.execute(text("INSERT INTO effects VALUES (:id)"), {"id": job.id})
+            job.add_to_workflow("part", 1, before=job.dependents)
+            return "ok"
+
     queue.task("part")(lambda job: job.payload)
     queue.task("join")(lambda job: len(job.upstream))
-    flow = Workflow()
-    flow.add("join", after=[flow.add("tx.split")])
-    workflow_id = queue.enqueue_workflow(engine, flow)
+    splits = ["tx.split", "tx.split_async"] if kind == "asyncio" else ["tx.split"]
+    ids = []
+    for task in splits:
+        flow = Workflow()
+        flow.add("join", after=[flow.add(task)])
+        ids.append(queue.enqueue_workflow(engine, flow))
     run_worker(make_worker(kind, queue, database_url), kind)
-    info = queue.get_workflow(engine, workflow_id)
-    assert info.status is WorkflowStatus.succeeded
-    assert info.steps[1].result == 2
+    for workflow_id in ids:
+        info = queue.get_workflow(engine, workflow_id)
+        assert info.status is WorkflowStatus.succeeded
+        assert info.steps[1].result == 2
+        assert [s.task for s in info.steps][2:] == ["part"]
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM effects")).scalar_one() == 1
+        assert connection.execute(text("SELECT count(*) FROM effects")).scalar_one() == len(ids)
 
 
 def test_an_attempt_that_does_not_succeed_adds_nothing(kind, engine, database_url):
