@@ -17,6 +17,7 @@ from pgq_sa._cli.monitor import _echo_json, _iso, duration
 from pgq_sa._job import JobInfo
 from pgq_sa._ops import workflows as wf_operations
 from pgq_sa._ops.drive import run_sync
+from pgq_sa._queue import Queue
 from pgq_sa._schema import JobStatus
 from pgq_sa._workflow import DedupeConflict, WorkflowInfo, WorkflowStatus
 
@@ -156,15 +157,21 @@ def workflows_show(context: Context, workflow_id: int, as_json: bool) -> None:
         click.echo(line)
 
 
+def _existing(context: Context, workflow_id: int) -> Queue:
+    """The queue, once workflow ``workflow_id`` is known to exist (else a one-line error)."""
+    queue = context.queue
+    if queue.get_workflow(context.engine, workflow_id) is None:
+        fail(f"no workflow with id {workflow_id}")
+    return queue
+
+
 @workflows.command("cancel")
 @workflow_id_argument
 @pass_context
 @handles_errors
 def workflows_cancel(context: Context, workflow_id: int) -> None:
     """Cancel every step that has not finished (running ones are asked to stop)."""
-    queue = context.queue
-    if queue.get_workflow(context.engine, workflow_id) is None:
-        fail(f"no workflow with id {workflow_id}")
+    queue = _existing(context, workflow_id)
     count = queue.cancel_workflow(context.engine, workflow_id)
     if not count:
         fail(f"workflow {workflow_id} has no step left to cancel")
@@ -177,9 +184,7 @@ def workflows_cancel(context: Context, workflow_id: int) -> None:
 @handles_errors
 def workflows_retry(context: Context, workflow_id: int) -> None:
     """Run the failed steps again, and the steps cancelled because of them."""
-    queue = context.queue
-    if queue.get_workflow(context.engine, workflow_id) is None:
-        fail(f"no workflow with id {workflow_id}")
+    queue = _existing(context, workflow_id)
     try:
         count = queue.retry_workflow(context.engine, workflow_id)
     except DedupeConflict as error:

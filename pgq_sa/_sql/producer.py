@@ -28,42 +28,17 @@ from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables, finished_channel
 from pgq_sa._sql.shared import (
+    ENQUEUE_INPUT,
     INSERTED_COLUMNS,
     LIVE_PREDICATE,
-    JsonColumn,
     announce_finished_sql,
     in_states,
-    json_rows,
     live_states,
+    new_jobs_source,
     notify,
     wake_message,
 )
 from pgq_sa._sql.workflows import UNBLOCK_NOTICES, unblock_ctes
-
-ENQUEUE_COLUMNS = (
-    "task",
-    "queue",
-    "payload",
-    "priority",
-    "max_attempts",
-    "run_at",
-    "delay",
-    "dedupe_key",
-    "meta",
-)
-# The bulk enqueue input: one JSON array per column (payloads and meta already serialised).
-ENQUEUE_INPUT: tuple[JsonColumn, ...] = tuple(
-    (name, name, "jsonb" if name in ("payload", "meta") else "text") for name in ENQUEUE_COLUMNS
-)
-_ENQUEUE_SOURCE = """
-SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
-       nullif(t.payload, 'null'::jsonb) AS payload,
-       t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
-       coalesce(t.run_at::timestamptz,
-                now() + t.delay::double precision * interval '1 second') AS run_at,
-       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta
-  FROM {rows}
-"""
 
 
 def enqueue(tables: QueueTables) -> Executable:
@@ -75,12 +50,8 @@ def enqueue(tables: QueueTables) -> Executable:
     """
     jobs = tables.jobs
     source = (
-        text(
-            _ENQUEUE_SOURCE.format(
-                schema=tables.schema, rows=json_rows(ENQUEUE_INPUT, ordinality=True)
-            )
-        )
-        .bindparams(*(bindparam(name, type_=Text) for name in ENQUEUE_COLUMNS))
+        text(new_jobs_source(tables.schema, ENQUEUE_INPUT))
+        .bindparams(*(bindparam(name, type_=Text) for name, _, _ in ENQUEUE_INPUT))
         .columns(
             column("id", BigInteger),
             column("ord", BigInteger),

@@ -133,6 +133,49 @@ def json_rows(columns: Sequence[JsonColumn], alias: str = "t", *, ordinality: bo
     )
 
 
+# The bulk enqueue's input columns, one JSON array each (payloads and meta already serialised).
+ENQUEUE_COLUMNS = (
+    "task",
+    "queue",
+    "payload",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "delay",
+    "dedupe_key",
+    "meta",
+)
+_NEW_JOBS_SOURCE = """
+SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
+       nullif(t.payload, 'null'::jsonb) AS payload,
+       t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
+       coalesce(t.run_at::timestamptz,
+                now() + t.delay::double precision * interval '1 second') AS run_at,
+       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta{extra}
+  FROM {rows}
+"""
+
+
+def json_input(columns: Sequence[str]) -> tuple[JsonColumn, ...]:
+    """The JSON-array inputs of ``columns`` (payload and meta as jsonb, the rest as text)."""
+    return tuple(
+        (name, name, "jsonb" if name in ("payload", "meta") else "text") for name in columns
+    )
+
+
+def new_jobs_source(schema: str, inputs: tuple[JsonColumn, ...]) -> str:
+    """The SELECT turning the JSON arrays ``inputs`` (:data:`ENQUEUE_COLUMNS`, then any extra
+    text columns, passed through) into new job rows: an id drawn per row in input order, its
+    position (``ord``), the columns typed, ``run_at`` from ``run_at`` or ``delay``."""
+    extra = "".join(f", t.{name}" for _, name, _ in inputs[len(ENQUEUE_COLUMNS) :])
+    return _NEW_JOBS_SOURCE.format(
+        schema=schema, rows=json_rows(inputs, ordinality=True), extra=extra
+    )
+
+
+ENQUEUE_INPUT = json_input(ENQUEUE_COLUMNS)
+
+
 _COMPUTED: dict[str, Any] = {"upstream": JSON, "dependents": ARRAY(BigInteger)}
 
 

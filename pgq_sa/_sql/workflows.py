@@ -46,36 +46,24 @@ from sqlalchemy import (
     column,
     text,
 )
-from sqlalchemy.sql.expression import BindParameter, Executable, TextClause
+from sqlalchemy.sql.expression import BindParameter, ColumnClause, Executable, TextClause
 
 from pgq_sa._schema import QueueTables, finished_channel, notify_channel
 from pgq_sa._sql.shared import (
+    ENQUEUE_COLUMNS,
     LIVE_PREDICATE,
     JsonColumn,
     announce_finished_sql,
+    json_input,
     json_rows,
+    new_jobs_source,
 )
 
 UPSTREAM_FAILED = "pgq_sa.UpstreamFailed"
 FINISHED = "('succeeded', 'failed', 'cancelled')"
 
 # The steps of a new workflow: the enqueue's columns, then the step's own (one JSON array each).
-STEP_COLUMNS = (
-    "task",
-    "queue",
-    "payload",
-    "priority",
-    "max_attempts",
-    "run_at",
-    "delay",
-    "dedupe_key",
-    "meta",
-    "on_upstream_failure",
-    "waiting_for",
-)
-STEP_INPUT: tuple[JsonColumn, ...] = tuple(
-    (name, name, "jsonb" if name in ("payload", "meta") else "text") for name in STEP_COLUMNS
-)
+STEP_INPUT = json_input((*ENQUEUE_COLUMNS, "on_upstream_failure", "waiting_for"))
 # Edges between new steps, by their 1-based position in the input.
 EDGE_INPUT: tuple[JsonColumn, ...] = (
     ("edge_parents", "parent", "text"),
@@ -87,24 +75,15 @@ BEFORE_INPUT: tuple[JsonColumn, ...] = (
     ("before_targets", "target", "text"),
 )
 
-_STEP_SOURCE = """
-SELECT nextval('"{s}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
-       nullif(t.payload, 'null'::jsonb) AS payload,
-       t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
-       coalesce(t.run_at::timestamptz,
-                now() + t.delay::double precision * interval '1 second') AS run_at,
-       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta,
-       t.on_upstream_failure, t.waiting_for::integer AS waiting_for
-  FROM {rows}"""
-
 _INSERT_STEPS = """
     INSERT INTO "{s}".jobs AS j (id, task, queue, payload, priority, max_attempts, run_at,
                                  dedupe_key, meta, workflow_id, state, waiting_for,
                                  on_upstream_failure, awaited)
     SELECT i.id, i.task, i.queue, i.payload, i.priority, i.max_attempts, i.run_at, i.dedupe_key,
            i.meta, {workflow_id},
-           (CASE WHEN i.waiting_for = 0 THEN 'queued' ELSE 'waiting' END)::"{s}".job_state,
-           i.waiting_for, i.on_upstream_failure, {awaited}
+           (CASE WHEN i.waiting_for::integer = 0 THEN 'queued' ELSE 'waiting' END
+           )::"{s}".job_state,
+           i.waiting_for::integer, i.on_upstream_failure, {awaited}
       FROM input AS i CROSS JOIN {workflow} AS w
      ORDER BY i.ord
     ON CONFLICT (dedupe_key) WHERE {live} DO NOTHING
@@ -112,7 +91,12 @@ _INSERT_STEPS = """
 
 
 def _step_source(s: str) -> str:
-    return _STEP_SOURCE.format(s=s, rows=json_rows(STEP_INPUT, ordinality=True))
+    return new_jobs_source(s, STEP_INPUT)
+
+
+def _counts(*names: str) -> list[ColumnClause[int]]:
+    """Result columns that are counts (or ids), for ``TextClause.columns``."""
+    return [column(name, BigInteger) for name in names]
 
 
 def _text_params(*groups: tuple[JsonColumn, ...]) -> list[BindParameter[str]]:
@@ -510,7 +494,7 @@ SELECT j.id FROM "{s}".jobs AS j
 """
         )
         .bindparams(bindparam("workflow_id", type_=BigInteger))
-        .columns(column("id", BigInteger))
+        .columns(*_counts("id"))
     )
 
 
@@ -535,7 +519,7 @@ SELECT count(*) AS flagged,
 """
         )
         .bindparams(bindparam("workflow_id", type_=BigInteger))
-        .columns(column("flagged", BigInteger))
+        .columns(*_counts("flagged"))
     )
 
 
@@ -646,12 +630,7 @@ SELECT (SELECT count(*) FROM wf) AS found, (SELECT count(*) FROM flagged) AS fla
 """
         )
         .bindparams(bindparam("workflow_id", type_=BigInteger))
-        .columns(
-            column("found", BigInteger),
-            column("flagged", BigInteger),
-            column("cancelled", BigInteger),
-            column("announced", BigInteger),
-        )
+        .columns(*_counts("found", "flagged", "cancelled", "announced"))
     )
 
 
@@ -662,7 +641,7 @@ def flag_workflow_running(tables: QueueTables) -> Executable:
     return (
         text(f"WITH flagged AS ({_flag_running(s, ':workflow_id')}) SELECT count(*) FROM flagged")
         .bindparams(bindparam("workflow_id", type_=BigInteger))
-        .columns(column("count", BigInteger))
+        .columns(*_counts("count"))
     )
 
 
@@ -776,7 +755,7 @@ SELECT (SELECT count(*) FROM changed WHERE revive) AS revived,
 """
         )
         .bindparams(bindparam("ids", type_=Text))
-        .columns(column("revived", BigInteger), column("held_back", BigInteger))
+        .columns(*_counts("revived", "held_back"))
     )
 
 
@@ -871,13 +850,15 @@ SELECT (SELECT count(*) FROM settled WHERE state = 'queued') AS queued,
             bindparam("limit", type_=Integer),
         )
         .columns(
-            column("queued", BigInteger),
-            column("cancelled", BigInteger),
-            column("cascaded", BigInteger),
-            column("notices", BigInteger),
-            column("scanned", BigInteger),
-            column("cursor_workflow", BigInteger),
-            column("cursor_id", BigInteger),
+            *_counts(
+                "queued",
+                "cancelled",
+                "cascaded",
+                "notices",
+                "scanned",
+                "cursor_workflow",
+                "cursor_id",
+            )
         )
     )
 
@@ -928,11 +909,7 @@ SELECT (SELECT count(*) FROM gone) AS workflows, (SELECT count(*) FROM steps) AS
             bindparam("failed_age", type_=Double),
             bindparam("limit", type_=Integer),
         )
-        .columns(
-            column("workflows", BigInteger),
-            column("steps", BigInteger),
-            column("edges", BigInteger),
-        )
+        .columns(*_counts("workflows", "steps", "edges"))
     )
 
 
