@@ -90,6 +90,13 @@ _INSERT_STEPS = """
     RETURNING j.id"""
 
 
+# The edges between new steps (the CTE ``input`` of them, by position), as (parent, child) ids.
+_NEW_EDGES = f"""SELECT p.id, c.id
+      FROM {json_rows(EDGE_INPUT, "e")}
+      JOIN input AS p ON p.ord = e.parent::bigint
+      JOIN input AS c ON c.ord = e.child::bigint"""
+
+
 def _step_source(s: str) -> str:
     return new_jobs_source(s, STEP_INPUT)
 
@@ -262,10 +269,7 @@ inserted AS ({
 ),
 edges AS (
     INSERT INTO "{s}".job_dependencies (depends_on, job_id)
-    SELECT p.id, c.id
-      FROM {json_rows(EDGE_INPUT, "e")}
-      JOIN input AS p ON p.ord = e.parent::bigint
-      JOIN input AS c ON c.ord = e.child::bigint
+    {_NEW_EDGES}
     RETURNING job_id
 )
 SELECT (SELECT id FROM wf) AS workflow_id,
@@ -373,10 +377,7 @@ inserted AS ({
 ),
 edges AS (
     INSERT INTO "{s}".job_dependencies (depends_on, job_id)
-    SELECT p.id, c.id
-      FROM {json_rows(EDGE_INPUT, "e")}
-      JOIN input AS p ON p.ord = e.parent::bigint
-      JOIN input AS c ON c.ord = e.child::bigint
+    {_NEW_EDGES}
     UNION ALL
     SELECT p.id, b.target FROM before AS b JOIN input AS p ON p.ord = b.ord
     RETURNING job_id
