@@ -16,14 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pgq_sa import _validation as validation
-from pgq_sa._job import AddedStep, Job, JobInfo, JobSpec, StepRequest
+from pgq_sa._job import MAX_STEPS, JobInfo, JobSpec, upstream_policy
 from pgq_sa._schema import MAX_TASK_NAME_LENGTH, JobStatus
 
-MAX_STEPS = 100_000
-"""The most steps one workflow may have when it is enqueued."""
 MAX_EDGES = 1_000_000
 """The most dependencies (``after`` entries) one workflow may have when it is enqueued."""
-UPSTREAM_POLICIES = ("cancel", "run")
 
 
 class UpstreamFailed(Exception):
@@ -86,15 +83,6 @@ class StepSpec:
     job: JobSpec
     after: tuple[int, ...]
     on_upstream_failure: str
-
-
-def upstream_policy(value: object) -> str:
-    if value not in UPSTREAM_POLICIES:
-        raise ValueError(
-            f"on_upstream_failure must be 'cancel' (the default: a failed or cancelled upstream "
-            f"step cancels this one) or 'run' (it runs anyway, e.g. to clean up); got {value!r}"
-        )
-    return str(value)
 
 
 class Workflow:
@@ -235,65 +223,6 @@ class WorkflowInfo:
     def dependents(self, step_id: int) -> list[int]:
         """The ids of the steps that wait for step ``step_id``."""
         return [child for child, parents in self.dependencies.items() if step_id in parents]
-
-
-def step_request(
-    index: int,
-    task: object,
-    payload: Any,
-    *,
-    after: Iterable[AddedStep],
-    before: Iterable[int],
-    on_upstream_failure: object,
-    priority: object,
-    delay: object,
-    run_at: object,
-    queue: object,
-    max_attempts: object,
-    owner: Job,
-) -> StepRequest:
-    """Check one ``job.add_to_workflow`` call in the handler, before anything is written: what
-    needs the queue (the task's defaults, the queue's payload limit) is checked when the step is
-    written, with the attempt's success."""
-    if index >= MAX_STEPS:
-        raise ValueError(f"an attempt adds at most {MAX_STEPS} steps")
-    if isinstance(after, AddedStep):
-        after = [after]
-    if isinstance(after, (str, bytes)) or not isinstance(after, Iterable):
-        raise TypeError("after must be a list of steps returned by add_to_workflow()")
-    parents: dict[int, None] = {}
-    for handle in after:
-        if not isinstance(handle, AddedStep) or handle.job_id != owner.id:
-            raise TypeError(
-                "after takes steps returned by add_to_workflow() of this same attempt "
-                f"(to wait for existing steps, they must be added before: use before=), "
-                f"got {handle!r}"
-            )
-        parents[handle.index] = None
-    if isinstance(before, (str, bytes)) or not isinstance(before, Iterable):
-        raise TypeError("before must be a list of job ids (of waiting steps, e.g. job.dependents)")
-    targets: dict[int, None] = {}
-    for target in before:
-        if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target < 2**63:
-            raise TypeError(f"before takes job ids (ints), got {target!r}")
-        if target == owner.id:
-            raise ValueError("a step cannot make itself wait for a step it adds")
-        targets[target] = None
-    if delay is not None and run_at is not None:
-        raise ValueError("pass delay or run_at, not both")
-    return StepRequest(
-        index=index,
-        task=validation.task_name(task),
-        payload=validation.payload_json(payload, limit=1 << 30),
-        after=tuple(parents),
-        before=tuple(targets),
-        on_upstream_failure=upstream_policy(on_upstream_failure),
-        priority=None if priority is None else validation.priority(priority),
-        delay=None if delay is None else validation.seconds(delay, "delay"),
-        run_at=None if run_at is None else validation.run_at(run_at),
-        queue=None if queue is None else validation.queue_name(queue),
-        max_attempts=None if max_attempts is None else validation.max_attempts(max_attempts),
-    )
 
 
 def roots(info: WorkflowInfo) -> Sequence[JobInfo]:
