@@ -26,6 +26,7 @@ from benchmarks.scenarios import (
     suite,
     wakeup,
     web_pages,
+    workflows,
 )
 from benchmarks.scratch_databases import (
     LOCAL_SERVER,
@@ -143,6 +144,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=20, help="timed requests per page")
     p.add_argument("--warmup", type=int, default=3, help="untimed requests per page first")
     p.add_argument("--explain", action="store_true", help="also print each statement's plan")
+    p = scenarios.add_parser(
+        "workflows", parents=[common, kind], help="chain hop latency and a fan-in's throughput"
+    )
+    p.add_argument("--links", type=int, default=200, help="steps of the chain (hops + 1)")
+    p.add_argument("--gap", type=float, default=0.02, help="seconds each chain step runs")
+    p.add_argument("--steps", type=int, default=10_000, help="steps of the fan-in workflow")
+    p.add_argument("--batch-size", type=int, default=10)
 
     p = scenarios.add_parser(
         "all", parents=[common], help="everything with --peer pgqueuer, plus a markdown summary"
@@ -212,6 +220,15 @@ def _run(context: Context, args: argparse.Namespace, command: str) -> None:
             small=args.small,
             large=args.large,
             idle=args.idle,
+        )
+    elif args.scenario == "workflows":
+        workflows.run(
+            context,
+            kinds=_kinds(args.kind),
+            links=args.links,
+            gap=args.gap,
+            steps=args.steps,
+            batch_size=args.batch_size,
         )
     elif args.scenario == "growth":
         growth.run(

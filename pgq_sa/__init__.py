@@ -2,7 +2,8 @@
 
 Tables are SQLAlchemy Core metadata in a schema of their own, installed with Alembic; jobs are
 enqueued on the application's own Session or Connection, in its transaction; a thread-pool worker
-and an anyio worker (asyncio or trio) run them with the same SQL.
+and an anyio worker (asyncio or trio) run them with the same SQL. Workflows chain jobs: a step
+starts once the steps it waits for have succeeded.
 """
 
 import logging
@@ -12,9 +13,17 @@ from pgq_sa._queue import Queue
 from pgq_sa._schema import JobStatus
 from pgq_sa._tasks import RateLimit
 from pgq_sa._worker import AsyncWorker, ThreadWorker
+from pgq_sa._workflow import (
+    DedupeConflict,
+    UpstreamFailed,
+    Workflow,
+    WorkflowInfo,
+    WorkflowStatus,
+)
 
 __all__ = [
     "AsyncWorker",
+    "DedupeConflict",
     "Job",
     "JobError",
     "JobInfo",
@@ -24,6 +33,10 @@ __all__ = [
     "RateLimit",
     "Retry",
     "ThreadWorker",
+    "UpstreamFailed",
+    "Workflow",
+    "WorkflowInfo",
+    "WorkflowStatus",
 ]
 __version__ = "0.1.0"
 

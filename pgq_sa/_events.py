@@ -47,7 +47,7 @@ EVENT_KINDS: tuple[EventKind, ...] = (
 @dataclass(frozen=True)
 class JobEvent:
     """What every event says: which job, which attempt, which worker (when known), and when
-    (``at``, epoch seconds on the emitting machine)."""
+    (``at``, epoch seconds on the emitting machine); ``workflow_id`` for a workflow step."""
 
     kind: ClassVar[EventKind]
     job_id: int
@@ -56,6 +56,7 @@ class JobEvent:
     attempt: int
     worker_id: uuid.UUID | None
     at: float = field(compare=False)
+    workflow_id: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -272,13 +273,16 @@ class EventHub:
                 log.exception("meta provider %r failed for task %r", provider, task)
         return json.dumps(meta, ensure_ascii=False) if meta else None
 
-    def enqueued(self, jobs: Sequence[tuple[int, str, str]]) -> None:
-        """Emit :class:`Enqueued` for ``(id, task, queue)`` of jobs an insert just created."""
+    def enqueued(
+        self, jobs: Sequence[tuple[int, str, str]], workflow_id: int | None = None
+    ) -> None:
+        """Emit :class:`Enqueued` for ``(id, task, queue)`` of jobs an insert just created (the
+        steps of workflow ``workflow_id``, when given)."""
         if not self.wants("enqueued"):
             return
         now = time.time()
         for job_id, task, queue in jobs:
-            self.emit(Enqueued(job_id, task, queue, 0, None, now))
+            self.emit(Enqueued(job_id, task, queue, 0, None, now, workflow_id=workflow_id))
 
     def handling(self, job: Job, worker_id: uuid.UUID | None) -> _Run:
         """Observe one handler run: ``with hub.handling(job, worker) as run:`` enters the
@@ -312,7 +316,16 @@ class _Run:
                 due = max(job.run_at, job.created_at) if job.run_at else job.created_at
                 wait = max((job.started_at - due).total_seconds(), 0.0)
             hub.emit(
-                Started(job.id, job.task, job.queue, job.attempt, self.worker_id, time.time(), wait)
+                Started(
+                    job.id,
+                    job.task,
+                    job.queue,
+                    job.attempt,
+                    self.worker_id,
+                    time.time(),
+                    wait,
+                    workflow_id=job.workflow_id,
+                )
             )
         return self
 
@@ -331,16 +344,18 @@ class _Run:
         total = _total(job.started_at, job.created_at, run)
         now = time.time()
         common = (job.id, job.task, job.queue, job.attempt, self.worker_id, now, run, total)
+        step = job.workflow_id
         if outcome.state == "succeeded":
-            hub.emit(Succeeded(*common))
+            hub.emit(Succeeded(*common, workflow_id=step))
             return
         error_type, message = _error_text(outcome.error)
         if outcome.state == "queued":
-            hub.emit(Retried(*common, error_type, message, outcome.delay or 0.0))
+            delay = outcome.delay or 0.0
+            hub.emit(Retried(*common, error_type, message, delay, workflow_id=step))
         elif outcome.state == "failed":
-            hub.emit(Failed(*common, error_type, message))
+            hub.emit(Failed(*common, error_type, message, workflow_id=step))
         else:
-            hub.emit(Cancelled(*common, error_type, message))
+            hub.emit(Cancelled(*common, error_type, message, workflow_id=step))
 
 
 _OUTCOME_KINDS: dict[str, EventKind] = {
@@ -390,11 +405,13 @@ def _guarded(scope: AbstractContextManager[object]) -> Iterator[None]:
 
 
 def rescued(hub: EventHub, rows: Sequence[Sequence[Any]] | None) -> None:
-    """Emit :class:`Rescued` for the ``[id, task, queue, attempt, worker_id, state]`` rows the
-    rescue statement returned."""
+    """Emit :class:`Rescued` for the ``[id, task, queue, attempt, worker_id, state,
+    workflow_id]`` rows the rescue statement returned."""
     if not rows or not hub.wants("rescued"):
         return
     now = time.time()
-    for job_id, task, queue, attempt, worker_id, state in rows:
+    for job_id, task, queue, attempt, worker_id, state, *step in rows:
         lost = uuid.UUID(worker_id) if worker_id else None
-        hub.emit(Rescued(int(job_id), task, queue, int(attempt), lost, now, state))
+        workflow = step[0] if step else None
+        common = (int(job_id), task, queue, int(attempt), lost, now)
+        hub.emit(Rescued(*common, state, workflow_id=workflow))

@@ -38,14 +38,25 @@ class TaskBacklog:
     running: int
     oldest_due_at: datetime | None
     oldest_wait: float | None  # seconds the oldest due job has been waiting
+    waiting: int = 0  # workflow steps waiting for other steps to finish
 
 
 def task_backlog(statements: Statements) -> Operation[list[TaskBacklog]]:
-    """Per (queue, task): queued due, queued for later, running, oldest wait. Reads only live
-    jobs (the partial indexes on queued and running rows); suitable for scrape-time gauges."""
+    """Per (queue, task): queued due, queued for later, running, waiting, oldest wait. Reads only
+    unfinished jobs (the partial indexes on queued, running and waiting rows); suitable for
+    scrape-time gauges."""
     rows = yield statements.monitoring.task_backlog, None
     return [
-        TaskBacklog(r.queue, r.task, r.due, r.scheduled, r.running, r.oldest_due_at, r.oldest_wait)
+        TaskBacklog(
+            r.queue,
+            r.task,
+            r.due,
+            r.scheduled,
+            r.running,
+            r.oldest_due_at,
+            r.oldest_wait,
+            r.waiting,
+        )
         for r in rows
     ]
 
@@ -130,6 +141,7 @@ class TaskStatus:
     finished_short: int  # finished in the short window
     rate: float  # finished per second over the window
     served: bool  # some live worker would claim it
+    waiting: int = 0  # workflow steps waiting for other steps
 
     @property
     def stranded(self) -> bool:
@@ -150,6 +162,7 @@ class QueueStatus:
     oldest_wait: float | None
     rate: float
     rate_short: float
+    waiting: int = 0
 
 
 @dataclass(frozen=True)
@@ -271,6 +284,7 @@ def _task_status(
         finished_short=finished.short if finished else 0,
         rate=(succeeded + failed + cancelled) / window,
         served=served,
+        waiting=backlog.waiting if backlog else 0,
     )
 
 
@@ -288,6 +302,7 @@ def _queue_status(
         oldest_wait=max(waits) if waits else None,
         rate=sum(t.rate for t in tasks),
         rate_short=sum(t.finished_short for t in tasks) / short_window,
+        waiting=sum(t.waiting for t in tasks),
     )
 
 

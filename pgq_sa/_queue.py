@@ -1,4 +1,5 @@
-"""``Queue``: the task registry and the producer API (enqueue, get, cancel, retry, pause).
+"""``Queue``: the task registry and the producer API (enqueue, get, cancel, retry, pause, and
+workflows: enqueue_workflow, get, wait, cancel, retry).
 
 A ``Queue`` is cheap, holds no connection and is safe to share between threads. Every method
 validates its input first, then runs one operation of :mod:`pgq_sa._ops.producer` through the sync
@@ -7,7 +8,8 @@ or async executor; on a Session or Connection it joins the caller's transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,22 +18,28 @@ from sqlalchemy import MetaData
 from pgq_sa import _validation as validation
 from pgq_sa._cron import CronSchedule, cron_schedule
 from pgq_sa._events import EventHub
-from pgq_sa._job import JobInfo, JobSpec
+from pgq_sa._job import JobInfo, JobSpec, StepRequest
 from pgq_sa._ops import producer as operations
+from pgq_sa._ops import workflows as wf_operations
 from pgq_sa._ops.drive import run_async, run_sync
 from pgq_sa._schema import DEFAULT_SCHEMA, QueueTables, build_tables
 from pgq_sa._sql import Statements
 from pgq_sa._tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, TaskDefinition, define_task
+from pgq_sa._workflow import Workflow, WorkflowInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _job_id(value: object) -> int:
+def _job_id(value: object, what: str = "job id") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"job id must be an int, got {type(value).__name__}")
+        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
     if not 1 <= value <= 2**63 - 1:
-        raise ValueError(f"job id {value} is out of range")
+        raise ValueError(f"{what} {value} is out of range")
     return value
+
+
+def _workflow_id(value: object) -> int:
+    return _job_id(value, "workflow id")
 
 
 class Queue:
@@ -110,7 +118,7 @@ class Queue:
             )
             if definition.name in self._tasks:
                 raise ValueError(f"task {definition.name!r} is already registered on this queue")
-            self._tasks[definition.name] = definition
+            self._tasks[definition.name] = dataclasses.replace(definition, owner=self)
             return handler
 
         if callable(name):
@@ -214,7 +222,7 @@ class Queue:
             validation.max_attempts(max_attempts),
         )
 
-    def _new_jobs(self, specs: Iterable[JobSpec]) -> list[operations.NewJob]:
+    def _new_jobs(self, specs: Iterable[JobSpec], label: str = "job") -> list[operations.NewJob]:
         if isinstance(specs, (str, bytes, JobSpec)) or not isinstance(specs, Iterable):
             raise TypeError("enqueue_many takes an iterable of JobSpec")
         defaults: dict[tuple[object, ...], tuple[str, str, int, int]] = {}
@@ -237,8 +245,62 @@ class Queue:
                     )
                 )
             except (TypeError, ValueError) as error:
-                raise type(error)(f"job {position} ({spec.task!r}): {error}") from None
+                raise type(error)(f"{label} {position} ({spec.task!r}): {error}") from None
         return jobs
+
+    def _new_steps(self, flow: Workflow) -> list[wf_operations.NewStep]:
+        """Validate every step of ``flow`` against this queue, before any SQL."""
+        if not isinstance(flow, Workflow):
+            raise TypeError(f"enqueue_workflow takes a pgq_sa.Workflow, got {type(flow).__name__}")
+        if not flow.steps:
+            raise ValueError("the workflow has no steps: add some with flow.add(...)")
+        specs = flow.steps
+        jobs = self._new_jobs([spec.job for spec in specs], "step")
+        holders: dict[str, int] = {}
+        for index, job in enumerate(jobs):
+            if job.dedupe_key is None:
+                continue
+            if job.dedupe_key in holders:
+                raise ValueError(
+                    f"steps {holders[job.dedupe_key]} and {index} have the same dedupe_key "
+                    f"{job.dedupe_key!r}; the steps of one workflow need keys of their own"
+                )
+            holders[job.dedupe_key] = index
+        return [
+            wf_operations.NewStep(job, spec.after, spec.on_upstream_failure)
+            for job, spec in zip(jobs, specs, strict=True)
+        ]
+
+    def _added_steps(self, requests: Sequence[StepRequest]) -> list[wf_operations.NewStep]:
+        """The steps a handler added with ``job.add_to_workflow``, with the queue's defaults and
+        payload limit applied (the rest was checked when they were added)."""
+        defaults: dict[tuple[object, ...], tuple[str, str, int, int]] = {}
+        steps = []
+        for request in requests:
+            job = self._new_job(
+                request.task,
+                None,
+                priority=request.priority,
+                delay=request.delay,
+                run_at=request.run_at,
+                dedupe_key=None,
+                queue=request.queue,
+                max_attempts=request.max_attempts,
+                defaults=defaults,
+            )
+            size = len(request.payload.encode()) if request.payload is not None else 0
+            if size > self.max_payload_bytes:
+                raise ValueError(
+                    f"add_to_workflow({request.task!r}): the payload is {size} bytes of JSON; "
+                    f"the limit is {self.max_payload_bytes} bytes"
+                )
+            job = dataclasses.replace(job, payload=request.payload)
+            steps.append(
+                wf_operations.NewStep(
+                    job, request.after, request.on_upstream_failure, request.before
+                )
+            )
+        return steps
 
     # --- producer API, sync --------------------------------------------------------------------
 
@@ -295,6 +357,42 @@ class Queue:
 
         limit = None if timeout is None else validation.seconds(timeout, "timeout")
         return waiting.wait(self.statements, bind, _job_id(job_id), limit)
+
+    def enqueue_workflow(self, bind: Any, flow: Workflow) -> int:
+        """Enqueue every step of ``flow`` on ``bind`` and return the workflow's id. On a
+        Session/Connection it commits or rolls back with the caller, in a constant number of
+        statements (one, unless a step's dedupe key is held: see docs/workflows.md)."""
+        steps = self._new_steps(flow)
+        operation = wf_operations.enqueue_workflow(self.statements, flow.name, steps, self.events)
+        return run_sync(bind, operation)
+
+    def get_workflow(self, bind: Any, workflow_id: int) -> WorkflowInfo | None:
+        """The workflow ``workflow_id`` and its steps as stored now, or None."""
+        return run_sync(
+            bind, wf_operations.get_workflow(self.statements, _workflow_id(workflow_id))
+        )
+
+    def wait_workflow(
+        self, bind: Any, workflow_id: int, timeout: float | None = None
+    ) -> WorkflowInfo:
+        """Block until every step of workflow ``workflow_id`` has finished and return it;
+        ``TimeoutError`` after ``timeout`` seconds, ``LookupError`` if there is no such one."""
+        from pgq_sa import _waiting as waiting
+
+        limit = None if timeout is None else validation.seconds(timeout, "timeout")
+        return waiting.wait_workflow(self.statements, bind, _workflow_id(workflow_id), limit)
+
+    def cancel_workflow(self, bind: Any, workflow_id: int) -> int:
+        """Cancel every step of the workflow that has not finished (running ones are asked to
+        stop); return how many steps that concerned (0: none, or no such workflow)."""
+        operation = wf_operations.cancel_workflow(self.statements, _workflow_id(workflow_id))
+        return run_sync(bind, operation)
+
+    def retry_workflow(self, bind: Any, workflow_id: int) -> int:
+        """Run the failed steps of the workflow again, and the steps cancelled because of them
+        (succeeded steps are kept); return how many steps were revived (0: nothing to retry)."""
+        operation = wf_operations.retry_workflow(self.statements, _workflow_id(workflow_id))
+        return run_sync(bind, operation)
 
     def pause(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         """Stop every worker from claiming jobs of queue ``name``; running jobs finish."""
@@ -354,6 +452,35 @@ class Queue:
 
         limit = None if timeout is None else validation.seconds(timeout, "timeout")
         return await waiting.wait_async(self.statements, bind, _job_id(job_id), limit)
+
+    async def enqueue_workflow_async(self, bind: Any, flow: Workflow) -> int:
+        """:meth:`enqueue_workflow` on an async bind."""
+        steps = self._new_steps(flow)
+        operation = wf_operations.enqueue_workflow(self.statements, flow.name, steps, self.events)
+        return await run_async(bind, operation)
+
+    async def get_workflow_async(self, bind: Any, workflow_id: int) -> WorkflowInfo | None:
+        operation = wf_operations.get_workflow(self.statements, _workflow_id(workflow_id))
+        return await run_async(bind, operation)
+
+    async def wait_workflow_async(
+        self, bind: Any, workflow_id: int, timeout: float | None = None
+    ) -> WorkflowInfo:
+        """:meth:`wait_workflow` for async code (asyncio or trio)."""
+        from pgq_sa import _waiting as waiting
+
+        limit = None if timeout is None else validation.seconds(timeout, "timeout")
+        return await waiting.wait_workflow_async(
+            self.statements, bind, _workflow_id(workflow_id), limit
+        )
+
+    async def cancel_workflow_async(self, bind: Any, workflow_id: int) -> int:
+        operation = wf_operations.cancel_workflow(self.statements, _workflow_id(workflow_id))
+        return await run_async(bind, operation)
+
+    async def retry_workflow_async(self, bind: Any, workflow_id: int) -> int:
+        operation = wf_operations.retry_workflow(self.statements, _workflow_id(workflow_id))
+        return await run_async(bind, operation)
 
     async def pause_async(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         operation = operations.set_paused(self.statements, validation.queue_name(name), True)

@@ -7,8 +7,12 @@ Three roles, from most to least trusted (see docs/security.md):
 * the **worker** role is what ``ThreadWorker``/``AsyncWorker`` need, and what operators need for
   ``retry``, ``pause``/``resume`` and enabling or disabling schedules;
 * the **producer** role is what ``enqueue``/``enqueue_many``, ``get``, ``cancel`` and ``wait``
-  need, nothing more: it inserts jobs (only the columns an enqueue sets), reads them, and marks
-  them cancelled; it cannot delete jobs, touch workers, queues, limits or schedules, or run DDL.
+  need, and their workflow counterparts (``enqueue_workflow``, ``get_workflow``,
+  ``cancel_workflow``, ``wait_workflow``), nothing more: it inserts jobs (only the columns an
+  enqueue sets), workflows and their edges, reads them, and cancels jobs (which settles their
+  waiting workflow dependents: ``waiting_for``, ``run_at`` and ``error`` too); it cannot delete
+  jobs, touch workers, queues, limits or schedules, or run DDL. ``retry_workflow`` needs the
+  worker role, like ``retry``.
 
 LISTEN and ``pg_notify`` need no privilege, and the NOTIFY trigger runs as whoever inserts, so
 producers wake workers without further grants. The plan below is data; the statements are built
@@ -25,7 +29,7 @@ from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._ops.drive import Operation, run_async, run_sync
 from pgq_sa._schema import DEFAULT_SCHEMA, QueueTables, build_tables
-from pgq_sa._sql.grants import Grant, jobs_id_sequence
+from pgq_sa._sql.grants import Grant, jobs_id_sequence, workflows_id_sequence
 from pgq_sa._sql.shared import INSERTED_COLUMNS
 
 # (table, privilege, columns) per role; "()" means the whole table.
@@ -36,15 +40,25 @@ WORKER_PLAN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     *(("queues", p, ()) for p in ("SELECT", "INSERT", "UPDATE")),
     *(("task_limits", p, ()) for p in ("SELECT", "INSERT", "UPDATE")),
     *(("schedules", p, ()) for p in ("SELECT", "INSERT", "UPDATE")),
+    *(("workflows", p, ()) for p in _ALL_WRITE),
+    *(("job_dependencies", p, ()) for p in _ALL_WRITE),
 )
+# What a workflow step's insert sets beyond a plain job's.
+STEP_COLUMNS = ("workflow_id", "state", "waiting_for", "on_upstream_failure", "awaited")
 PRODUCER_PLAN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("jobs", "SELECT", ()),
+    ("jobs", "INSERT", (*INSERTED_COLUMNS, *STEP_COLUMNS)),
+    # cancel and wait; a cancel also settles waiting workflow dependents
     (
         "jobs",
-        "INSERT",
-        INSERTED_COLUMNS,
+        "UPDATE",
+        ("state", "finished_at", "cancel_requested", "awaited", "waiting_for", "run_at", "error"),
     ),
-    ("jobs", "UPDATE", ("state", "finished_at", "cancel_requested", "awaited")),  # cancel, wait
+    ("workflows", "SELECT", ()),
+    ("workflows", "INSERT", ("name",)),
+    ("workflows", "UPDATE", ("name",)),  # the row lock of cancel_workflow (FOR UPDATE)
+    ("job_dependencies", "SELECT", ()),
+    ("job_dependencies", "INSERT", ()),
 )
 
 _NOT_ROLES = frozenset({"public", "none", "current_user", "current_role", "session_user"})
@@ -84,6 +98,7 @@ def grant_statements(
             Grant(privilege, by_name[table], name, columns) for table, privilege, columns in plan
         )
         statements.append(Grant("USAGE", jobs_id_sequence(tables), name))  # nextval for ids
+        statements.append(Grant("USAGE", workflows_id_sequence(tables), name))
     return statements
 
 

@@ -227,14 +227,15 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
             "task",
             postgresql_where=text(f"state NOT IN {NOT_WAITING}"),
         ),
-        # A workflow step holds its dedupe key from enqueue until it finishes, waiting included.
+        # One holder per key among every unfinished job, waiting workflow steps included (step
+        # 0005). The enqueue's ON CONFLICT predicate (the live one above) implies this one's, so
+        # PostgreSQL takes both indexes as arbiters.
         Index(
-            "jobs_step_dedupe_key_idx",
+            "jobs_held_key_idx",
             "dedupe_key",
             unique=True,
             postgresql_where=text(
-                "dedupe_key IS NOT NULL AND workflow_id IS NOT NULL "
-                "AND state NOT IN ('succeeded', 'failed', 'cancelled')"
+                "dedupe_key IS NOT NULL AND state NOT IN ('succeeded', 'failed', 'cancelled')"
             ),
         ),
         postgresql_with={

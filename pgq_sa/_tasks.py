@@ -10,7 +10,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pgq_sa import _validation as validation
@@ -81,6 +81,9 @@ class TaskDefinition:
     concurrency: int | None
     rate_limit: RateLimit | None
     transactional: bool = False
+    # The Queue it is registered on: a workflow step's handler adds steps through it (their
+    # task defaults and payload limit are the queue's).
+    owner: Any = field(default=None, compare=False, repr=False)
 
     @functools.cached_property
     def is_async(self) -> bool:

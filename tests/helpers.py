@@ -16,12 +16,14 @@ def count_jobs(engine: Engine, schema: str = "pgq", **where: Any) -> int:
 
 def snapshot(engine: Engine, schema: str = "pgq") -> list[tuple[Any, ...]]:
     """Every stored row of the queue's tables, to prove a refused call changed nothing."""
-    tables = ["jobs", "queues", "workers", "schedules", "task_limits"]
+    tables = ["jobs", "queues", "workers", "schedules", "task_limits", "workflows"]
     rows: list[tuple[Any, ...]] = []
     with engine.connect() as connection:
         for table in tables:
             result = connection.execute(text(f'SELECT * FROM "{schema}".{table} ORDER BY 1'))
             rows.extend((table, *row) for row in result)
+        edges = text(f'SELECT * FROM "{schema}".job_dependencies ORDER BY 1, 2')
+        rows.extend(("job_dependencies", *row) for row in connection.execute(edges))
     return rows
 
 

@@ -146,9 +146,19 @@ def test_a_worker_declared_dead_registers_again_under_a_new_id(kind, engine, dat
             assert time.monotonic() < deadline
             time.sleep(0.05)
         old = running.worker.id
-        # a rescuer declares it dead: its row and its running job go (the job queued again)
-        _age(engine, old)
-        rescued = run_sync(engine, protocol.rescue(queue.statements, uuid.uuid4(), 1.0))
+        # a rescuer declares it dead: its row and its running job go (the job queued again).
+        # Locked, aged and rescued in one transaction: its heartbeats and claims wait meanwhile.
+        with engine.begin() as connection:
+            connection.execute(
+                text("SELECT id FROM pgq.workers WHERE id = :w FOR UPDATE"), {"w": old}
+            )
+            connection.execute(
+                text(
+                    "UPDATE pgq.workers SET heartbeat_at = now() - interval '1 hour' WHERE id = :w"
+                ),
+                {"w": old},
+            )
+            rescued = run_sync(connection, protocol.rescue(queue.statements, uuid.uuid4(), 1.0))
         assert (rescued.workers, rescued.requeued) == (1, 1)
         while running.worker.id == old:
             assert time.monotonic() < deadline, "the worker never registered again"

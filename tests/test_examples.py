@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,6 +194,60 @@ def test_trio_service_with_an_async_worker_on_a_sync_engine(database_url: URL, e
         assert _scalar(engine, "SELECT words FROM lines") == 4
 
         _stop(service)
+        assert _scalar(engine, "SELECT count(*) FROM pgq.workers") == 0
+
+
+def test_order_pipeline_on_both_workers(database_url: URL, engine: Engine):
+    """A workflow enqueued with its order row, its steps shared by a ThreadWorker process and
+    an AsyncWorker process; a declined card runs the compensation step."""
+    from pgq_sa.migrations import db_upgrade
+
+    folder = EXAMPLES / "order_pipeline"
+    env = _environment(database_url)
+    db_upgrade(engine)
+    queue = Queue()
+    with (
+        _process([sys.executable, "worker.py", "threads"], folder, env) as threads,
+        _process([sys.executable, "worker.py", "asyncio"], folder, env) as asyncio_worker,
+    ):
+        pids: set[int] = set()
+        orders = {}
+        for items in (["mug", "mug"], ["lamp", "lamp"]) * 3:
+            placed = subprocess.run(
+                [sys.executable, "place_order.py", *items],
+                cwd=folder,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            )
+            order_id, workflow_id = map(int, re.findall(r"\d+", placed.stdout))
+            orders[order_id] = (items, workflow_id)
+        for order_id, (items, workflow_id) in orders.items():
+            info = queue.wait_workflow(engine, workflow_id, timeout=JOB_TIMEOUT)
+            steps = {step.task: step for step in info.steps}
+            pids |= {s.result["pid"] for s in info.steps if isinstance(s.result, dict)}
+            status = _scalar(engine, f"SELECT status FROM orders WHERE id = {order_id}")
+            if items == ["mug", "mug"]:
+                assert info.status.value == "succeeded", info
+                assert status == "shipped"
+                assert steps["orders.ship"].result["shipped"] == ["mug", "mug"]
+                assert steps["orders.release"].result["released"] is False
+            else:  # 180 > the card limit: declined, the packing cancelled, the stock back
+                assert info.status.value == "failed", info
+                assert status == "cancelled"
+                assert steps["orders.charge"].error.message == "card declined for 180"
+                assert steps["orders.ship"].error.type == "pgq_sa.UpstreamFailed"
+                assert steps["orders.release"].result["released"] is True
+        stock = _scalar(
+            engine, "SELECT string_agg(sku || '=' || stock, ',' ORDER BY sku) FROM products"
+        )
+        assert stock == "lamp=10,mug=4"  # three orders of two mugs shipped; lamps all back
+        assert len(pids) == 2  # both workers ran steps
+        output = _stop(threads) + _stop(asyncio_worker)
+        assert "shipped mug, mug" in output
+        assert "card declined for 180; stock released" in output
         assert _scalar(engine, "SELECT count(*) FROM pgq.workers") == 0
 
 

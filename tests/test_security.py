@@ -21,7 +21,16 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ProgrammingError
 
-from pgq_sa import AsyncWorker, Job, JobSpec, JobStatus, Queue, ThreadWorker
+from pgq_sa import (
+    AsyncWorker,
+    Job,
+    JobSpec,
+    JobStatus,
+    Queue,
+    ThreadWorker,
+    Workflow,
+    WorkflowStatus,
+)
 from pgq_sa import _roles as roles
 from pgq_sa._cli import cli
 from pgq_sa._config import make_engine
@@ -219,6 +228,19 @@ def test_least_privilege_roles(roles_db, kind, caplog):
         doomed = queue.enqueue(producer, "app.work", {"n": 0}, delay=3600)
         assert queue.cancel(producer, doomed)
         assert queue.get(producer, doomed).status is JobStatus.cancelled
+        # Workflows: enqueue, cancel a waiting step (its dependents settle), cancel a workflow.
+        flow = Workflow("roles")
+        flow.add("app.work", {"n": 4}, after=[flow.add("app.work", {"n": 3})])
+        workflow_id = queue.enqueue_workflow(producer, flow)
+        doomed_flow = Workflow()
+        head = doomed_flow.add("app.work", {"n": 0}, delay=3600)
+        doomed_flow.add("app.work", {"n": 0}, after=[head])
+        doomed_flow.add("app.work", {"n": 0}, after=[doomed_flow.add("app.work", {"n": 0})])
+        doomed_workflow = queue.enqueue_workflow(producer, doomed_flow)
+        steps = queue.get_workflow(producer, doomed_workflow).steps
+        assert queue.cancel(producer, steps[2].id)  # waiting: cancels steps[3] in cascade
+        assert queue.cancel_workflow(producer, doomed_workflow) == 2
+        assert queue.get_workflow(producer, doomed_workflow).status is WorkflowStatus.cancelled
         heard = _drain(listener, 30.0, stop_after=1)  # the first insert's, delivered at commit
         listener.close()
         assert any("app.work" in message for message in heard), heard
@@ -260,6 +282,9 @@ def test_least_privilege_roles(roles_db, kind, caplog):
             for job_id in [*ids, kept, rescued]:
                 assert queue.wait(producer, job_id, timeout=60).status is JobStatus.succeeded
             assert queue.get(producer, ids[0]).result == 0
+            done = queue.wait_workflow(producer, workflow_id, timeout=60)
+            assert [step.result for step in done.steps] == [6, 8]
+            assert queue.retry_workflow(worker_engine, doomed_workflow) == 0  # none failed
             _until(lambda: queue.get(producer, pruned) is None, "the old job to be pruned")
             _until(lambda: "tick" in ran, "a periodic job to run")
             queue.pause(worker_engine, "default")  # operators use the worker role
@@ -345,7 +370,8 @@ def test_grant_script_and_role_names():
     script = roles.grant_script("pgq_app", worker='we"ird', producer="App Producer")
     assert 'GRANT USAGE ON SCHEMA "pgq_app" TO "we""ird";' in script
     assert (
-        "GRANT INSERT (id, task, queue, payload, priority, max_attempts, run_at, dedupe_key, meta) "
+        "GRANT INSERT (id, task, queue, payload, priority, max_attempts, run_at, dedupe_key, meta, "
+        "workflow_id, state, waiting_for, on_upstream_failure, awaited) "
         'ON TABLE pgq_app.jobs TO "App Producer";'
     ) in script
     assert "DELETE" not in script.split('"App Producer"', 1)[1]

@@ -5,7 +5,17 @@ PGQ_SA_SCHEMA (else ``pgq``). User mistakes end with a one-line message and a no
 never a traceback.
 """
 
-from pgq_sa._cli import db, demo, jobs, monitor, queues, run, schedules, web  # noqa: F401
+from pgq_sa._cli import (  # noqa: F401
+    db,
+    demo,
+    jobs,
+    monitor,
+    queues,
+    run,
+    schedules,
+    web,
+    workflows,
+)
 from pgq_sa._cli.app import cli, main
 
 __all__ = ["cli", "main"]

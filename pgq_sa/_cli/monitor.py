@@ -51,7 +51,7 @@ window_option = click.option(
 # --- formatting --------------------------------------------------------------------------------
 
 
-def _iso(moment: dt.datetime | None) -> str | None:
+def iso(moment: dt.datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 
 
@@ -59,7 +59,7 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits) if value is not None else None
 
 
-def _echo_json(value: Any) -> None:
+def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2))
 
 
@@ -73,8 +73,8 @@ def worker_json(worker: WorkerState) -> dict[str, Any]:
         "queues": list(worker.queues) if worker.queues is not None else None,
         "tasks": list(worker.tasks),
         "concurrency": worker.concurrency,
-        "started_at": _iso(worker.started_at),
-        "heartbeat_at": _iso(worker.heartbeat_at),
+        "started_at": iso(worker.started_at),
+        "heartbeat_at": iso(worker.heartbeat_at),
         "heartbeat_age_seconds": _round(worker.heartbeat_age),
         "running": worker.running,
         "alive": worker.alive,
@@ -84,7 +84,7 @@ def worker_json(worker: WorkerState) -> dict[str, Any]:
 def status_json(state: Status, schema: str) -> dict[str, Any]:
     live = state.live_workers
     return {
-        "at": _iso(state.at),
+        "at": iso(state.at),
         "schema": schema,
         "window_seconds": state.window,
         "short_window_seconds": state.short_window,
@@ -96,6 +96,7 @@ def status_json(state: Status, schema: str) -> dict[str, Any]:
                 "due": q.due,
                 "scheduled": q.scheduled,
                 "queued": q.due + q.scheduled,
+                "waiting": q.waiting,
                 "running": q.running,
                 "failed": q.failed,
                 "oldest_wait_seconds": _round(q.oldest_wait),
@@ -111,11 +112,12 @@ def status_json(state: Status, schema: str) -> dict[str, Any]:
                 "due": t.due,
                 "scheduled": t.scheduled,
                 "queued": t.due + t.scheduled,
+                "waiting": t.waiting,
                 "running": t.running,
                 "failed": t.failed,
                 "cancelled": t.cancelled,
                 "oldest_wait_seconds": _round(t.oldest_wait),
-                "oldest_due_at": _iso(t.oldest_due_at),
+                "oldest_due_at": iso(t.oldest_due_at),
                 "succeeded_in_window": t.succeeded_recently,
                 "failed_in_window": t.failed_recently,
                 "cancelled_in_window": t.cancelled_recently,
@@ -152,10 +154,10 @@ def job_summary_json(job: JobSummary) -> dict[str, Any]:
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "priority": job.priority,
-        "created_at": _iso(job.created_at),
-        "run_at": _iso(job.run_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso(job.created_at),
+        "run_at": iso(job.run_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
         "worker_id": str(job.worker_id) if job.worker_id else None,
         "error": None
         if job.error_type is None
@@ -169,13 +171,14 @@ def _clip(text: str, width: int) -> str:
 
 def _task_lines(state: Status) -> list[str]:
     lines = [
-        f"{'queue / task':<34}{'due':>8}{'later':>8}{'running':>9}{'failed':>8}"
+        f"{'queue / task':<34}{'due':>8}{'later':>8}{'waiting':>9}{'running':>9}{'failed':>8}"
         f"{'oldest wait':>13}{'rate/s':>9}"
     ]
     for q in state.queues:
         lines.append(
             f"{_clip(q.name, 24):<24}{'paused' if q.paused else '':<10}{q.due:>8}{q.scheduled:>8}"
-            f"{q.running:>9}{q.failed:>8}{duration(q.oldest_wait):>13}{q.rate:>9.2f}"
+            f"{q.waiting:>9}{q.running:>9}{q.failed:>8}{duration(q.oldest_wait):>13}"
+            f"{q.rate:>9.2f}"
         )
         for t in state.tasks:
             if t.queue != q.name:
@@ -187,8 +190,8 @@ def _task_lines(state: Status) -> list[str]:
                     "takes this queue" if declared else "declares this task"
                 )
             lines.append(
-                f"  {_clip(t.task, 32):<32}{t.due:>8}{t.scheduled:>8}{t.running:>9}{t.failed:>8}"
-                f"{duration(t.oldest_wait):>13}{t.rate:>9.2f}{note}"
+                f"  {_clip(t.task, 32):<32}{t.due:>8}{t.scheduled:>8}{t.waiting:>9}{t.running:>9}"
+                f"{t.failed:>8}{duration(t.oldest_wait):>13}{t.rate:>9.2f}{note}"
             )
     if not state.queues:
         lines.append("(no jobs)")
@@ -256,14 +259,15 @@ def _gather(context: Context, window: float, stale_after: float) -> Status:
 @pass_context
 @handles_errors
 def status(context: Context, as_json: bool, window: float, stale_after: float) -> None:
-    """Per queue and task: due, scheduled later, running, failed, oldest wait, rate; workers.
+    """Per queue and task: due, scheduled later, waiting (workflow steps), running, failed, oldest
+    wait, rate; workers.
 
     A task whose queued jobs no live worker declares is flagged: its jobs stay queued until a
     worker that knows it starts.
     """
     state = _gather(context, window, stale_after)
     if as_json:
-        _echo_json(status_json(state, context.schema))
+        echo_json(status_json(state, context.schema))
         return
     for line in _status_lines(state, context.schema):
         click.echo(line)
@@ -305,7 +309,7 @@ def jobs_list(
     )
     found = run_sync(context.engine, operation)
     if as_json:
-        _echo_json([job_summary_json(job) for job in found])
+        echo_json([job_summary_json(job) for job in found])
         return
     click.echo(
         f"{'id':>10}  {'task':<28}{'queue':<16}{'status':<11}{'attempts':>9}{'priority':>9}  "
@@ -334,7 +338,7 @@ def workers(context: Context, as_json: bool, stale_after: float) -> None:
     """Registered workers: live ones, and dead ones a live worker has not forgotten yet."""
     found = run_sync(context.engine, monitoring.list_workers(context.queue.statements, stale_after))
     if as_json:
-        _echo_json([worker_json(w) for w in found])
+        echo_json([worker_json(w) for w in found])
         return
     live = sum(w.alive for w in found)
     click.echo(f"{live} live, {len(found) - live} dead")

@@ -50,7 +50,7 @@ def _json_texts(texts: list[str | None]) -> str:
     return "[" + ",".join(value or "null" for value in texts) + "]"
 
 
-def _json_columns(jobs: Sequence[NewJob]) -> dict[str, str]:
+def json_columns(jobs: Sequence[NewJob]) -> dict[str, str]:
     """The bulk insert's parameters: one JSON array (as text) per column."""
     payloads = [job.payload for job in jobs]
     return {
@@ -82,7 +82,7 @@ def enqueue(
     pending = list(range(len(jobs)))
     for _ in range(_DEDUPE_ROUNDS):
         batch = [jobs[i] for i in pending]
-        (row,) = yield statements.enqueue, _json_columns(batch)
+        (row,) = yield statements.enqueue, json_columns(batch)
         for index, job_id in zip(pending, row.ids, strict=True):
             ids[index] = job_id
         skipped = [pending[ordinal - 1] for ordinal in row.skipped or ()]
@@ -131,6 +131,7 @@ def job_info(row: Any) -> JobInfo:
         dedupe_key=row.dedupe_key,
         cancel_requested=row.cancel_requested,
         scheduled_at=row.scheduled_at,
+        workflow_id=row.workflow_id,
     )
 
 
@@ -145,7 +146,8 @@ def mark_awaited(statements: Statements, job_id: int) -> Operation[None]:
 
 
 def cancel(statements: Statements, job_id: int) -> Operation[bool]:
-    """Cancel a queued job outright; flag a running one so its worker stops it."""
+    """Cancel a queued job (or a waiting workflow step) outright; flag a running one so its
+    worker stops it."""
     rows = yield statements.cancel_queued, {"job_id": job_id}
     if rows:
         return True

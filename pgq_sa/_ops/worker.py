@@ -15,13 +15,14 @@ import socket
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from pgq_sa._decisions import Outcome, finish_parameters
 from pgq_sa._events import EventHub, rescued
-from pgq_sa._job import Job
+from pgq_sa._job import Job, JobError, JobInfo
 from pgq_sa._ops.drive import Operation
+from pgq_sa._schema import JobStatus
 from pgq_sa._sql import Statements
 from pgq_sa._sql.shared import CLAIMED_COLUMNS, ClaimedRow, FinishedRow, FinishSummaryRow
 from pgq_sa._tasks import TaskDefinition
@@ -184,8 +185,41 @@ def _claimed(rows: Sequence[Any]) -> list[Claimed]:
             started_at=r.started_at,
             meta=r.meta,
         )
+        if r.workflow_id is not None:
+            job.workflow_id = r.workflow_id
+            job.upstream = upstream_infos(r.upstream)
+            job.dependents = tuple(r.dependents or ())
         claimed.append(Claimed(job, r.timeout, r.cancel_requested))
     return claimed
+
+
+def upstream_infos(entries: Sequence[dict[str, Any]] | None) -> dict[int, JobInfo]:
+    """``job.upstream`` from the claim's JSON array (see ``_sql.shared``), by job id."""
+    found: dict[int, JobInfo] = {}
+    for e in entries or ():
+        found[int(e["id"])] = JobInfo(
+            id=int(e["id"]),
+            task=e["task"],
+            queue=e["queue"],
+            status=JobStatus(e["state"]),
+            attempts=e["attempt"],
+            max_attempts=e["max_attempts"],
+            priority=e["priority"],
+            payload=None,
+            result=e["result"],
+            error=JobError.from_json(e["error"]),
+            created_at=_moment(e["created_at"]) or datetime.fromtimestamp(0, timezone.utc),
+            started_at=_moment(e["started_at"]),
+            finished_at=_moment(e["finished_at"]),
+            run_at=_moment(e["run_at"]) or datetime.fromtimestamp(0, timezone.utc),
+            dedupe_key=e["dedupe_key"],
+            workflow_id=e["workflow_id"],
+        )
+    return found
+
+
+def _moment(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(float(epoch), timezone.utc)
 
 
 def upsert_limits(statements: Statements, definitions: Sequence[TaskDefinition]) -> Operation[bool]:
@@ -264,6 +298,11 @@ def finish_and_claim(
     return _finished(outcomes, recorded, next_retry), Claims(_claimed(claimed_rows), alive)
 
 
+def lost_lease(outcomes: Sequence[Outcome]) -> Finished:
+    """``Finished`` for outcomes none of which could be written (the lease was lost)."""
+    return _finished(outcomes, {}, None)
+
+
 def _finished(
     outcomes: Sequence[Outcome], recorded: dict[int, str], next_run_at: datetime | None
 ) -> Finished:
@@ -330,7 +369,12 @@ def rescue(
 def prune(
     statements: Statements, succeeded_age: float, failed_age: float, limit: int
 ) -> Operation[int]:
-    """Delete finished jobs past their retention, at most ``limit`` of each kind."""
+    """Delete finished jobs past their retention, at most ``limit`` of each kind, and finished
+    workflows whole (at most ``limit`` workflows; a workflow's steps are pruned only with it)."""
     removed = yield statements.prune_succeeded, {"age": succeeded_age, "limit": limit}
     removed_failed = yield statements.prune_failed, {"age": failed_age, "limit": limit}
-    return len(removed) + len(removed_failed)
+    (workflows,) = yield (
+        statements.workflows.prune,
+        {"succeeded_age": succeeded_age, "failed_age": failed_age, "limit": limit},
+    )
+    return len(removed) + len(removed_failed) + int(workflows.steps)

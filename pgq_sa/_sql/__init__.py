@@ -16,6 +16,7 @@ from pgq_sa._schema import QueueTables
 from pgq_sa._sql import claim, finish, limits, maintenance, producer, schedules, workers
 from pgq_sa._sql.dashboard import DashboardStatements
 from pgq_sa._sql.monitoring import MonitoringStatements
+from pgq_sa._sql.workflows import WorkflowStatements
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Statements:
     set_schedule_enabled: Executable
     monitoring: MonitoringStatements
     dashboard: DashboardStatements
+    workflows: WorkflowStatements
 
     @classmethod
     def build(cls, tables: QueueTables) -> Statements:
@@ -96,4 +98,5 @@ class Statements:
             set_schedule_enabled=schedules.set_schedule_enabled(tables),
             monitoring=MonitoringStatements.build(tables),
             dashboard=DashboardStatements.build(tables),
+            workflows=WorkflowStatements.build(tables),
         )

@@ -24,6 +24,7 @@ from pgq_sa._sql.shared import (
     claimed_types,
     json_rows,
 )
+from pgq_sa._sql.workflows import UNBLOCK_NOTICES, unblock_ctes
 
 _FINISH_CTES = """
 v AS (
@@ -48,18 +49,20 @@ done AS (
       FROM v
      WHERE j.id = any(ARRAY(SELECT v.id FROM v)) AND j.id = v.id AND j.attempt = v.attempt
        AND (j.worker_id = :worker_id AND j.state = 'running') IS TRUE
-    RETURNING j.id, j.state, j.run_at, j.awaited
+    RETURNING j.id, j.state, j.run_at, j.awaited, j.task, j.workflow_id
 ),
 notified AS ({announce_done}
-)"""
+),{unblock}"""
 
 
 def finish_ctes(s: str) -> str:
-    """``_FINISH_CTES`` for schema ``s``."""
+    """``_FINISH_CTES`` for schema ``s``, the unblocking of workflow steps included (they follow
+    a ``WITH RECURSIVE``)."""
     return _FINISH_CTES.format(
         s=s,
         outcome_rows=json_rows(OUTCOME_COLUMNS),
         announce_done=announce_finished_sql(finished_channel(s), "done"),
+        unblock=unblock_ctes(s, "done"),
     )
 
 
@@ -88,9 +91,9 @@ def finish(tables: QueueTables) -> Executable:
     return (
         text(
             f"""
-WITH {ctes}
+WITH RECURSIVE {ctes}
 SELECT done.id, done.state::text AS state, done.run_at,
-       (SELECT count(*) FROM notified) AS notices
+       (SELECT count(*) FROM notified) + {UNBLOCK_NOTICES} AS notices
   FROM done
 """
         )
@@ -119,10 +122,12 @@ def finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     none were; the earliest ``next_run_at`` of a retry; ``notices``): one row, not one per
     outcome, for the driver to decode.
 
-    ``picked`` reads ``done`` (an always-true count, evaluated once before its scan) so that the
-    outcomes are written before any queued row is locked. ``FOR UPDATE`` in READ COMMITTED may
-    keep a lock on a row it then skips (claimed meanwhile by another statement, so possibly a
-    row whose outcome another statement is writing); a statement that could wait in ``done``
+    ``picked`` reads ``wf_changed`` (an always-true count, evaluated once before its scan), the
+    last write of the outcomes (``done``) and of the unblocking of their workflow dependents
+    (which may wait for row locks), so both happen before any queued row is locked. ``FOR
+    UPDATE`` in READ COMMITTED may keep a lock on a row it then skips (claimed meanwhile by
+    another statement, so possibly a row whose outcome another statement is writing); a
+    statement that could wait in ``done`` or in the unblocking
     while holding such locks could deadlock with another doing the same (seen once in a
     million jobs before this ordering). With ``done`` first, a statement waits only while it
     holds no claim locks, and the claim part never waits (SKIP LOCKED, its own rows).
@@ -131,13 +136,13 @@ def finish_and_claim(tables: QueueTables, *, in_queues: bool) -> Executable:
     ctes = finish_ctes(s)
     statement = text(
         f"""
-WITH {ctes},
+WITH RECURSIVE {ctes},
 {claimer(s)},
 picked AS (
     SELECT j.id
       FROM "{s}".jobs AS j
      WHERE {claimable(s, "j", in_queues=in_queues)}
-       AND (SELECT count(*) FROM done) >= 0
+       AND (SELECT count(*) FROM wf_changed) >= 0
      ORDER BY {order("j")}
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
@@ -152,7 +157,8 @@ SELECT true AS claimed, {", ".join(CLAIMED_COLUMNS)},
 UNION ALL
 SELECT false, {", ".join(["NULL"] * len(CLAIMED_COLUMNS))},
        array_agg(done.id), array_agg(done.state::text),
-       min(done.run_at) FILTER (WHERE done.state = 'queued'), (SELECT count(*) FROM notified),
+       min(done.run_at) FILTER (WHERE done.state = 'queued'),
+       (SELECT count(*) FROM notified) + {UNBLOCK_NOTICES},
        EXISTS (SELECT 1 FROM me)
   FROM done
 """

@@ -9,6 +9,7 @@ from sqlalchemy.sql.compiler import DDLCompiler
 from pgq_sa._schema import QueueTables
 
 JOBS_ID_SEQUENCE = "jobs_id_seq"  # the sequence behind the identity column jobs.id
+WORKFLOWS_ID_SEQUENCE = "workflows_id_seq"
 GRANTABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "USAGE"})
 
 
@@ -61,3 +62,7 @@ def _compile_grant(element: Grant, compiler: DDLCompiler, **kw: object) -> str:
 
 def jobs_id_sequence(tables: QueueTables) -> Sequence:
     return Sequence(JOBS_ID_SEQUENCE, schema=tables.schema)
+
+
+def workflows_id_sequence(tables: QueueTables) -> Sequence:
+    return Sequence(WORKFLOWS_ID_SEQUENCE, schema=tables.schema)

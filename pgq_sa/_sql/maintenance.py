@@ -18,6 +18,7 @@ from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables, finished_channel, notify_channel
 from pgq_sa._sql.shared import announce_finished_sql, in_states, one_second
+from pgq_sa._sql.workflows import UNBLOCK_NOTICES, unblock_ctes
 
 
 def hand_back(tables: QueueTables) -> Executable:
@@ -59,14 +60,15 @@ def rescue(tables: QueueTables) -> Executable:
     dead workers and their jobs are taken with SKIP LOCKED, so each is rescued by one of them.
     The attempt that was running counts. Running jobs whose worker row is gone are rescued too.
     ``jobs`` lists the rescued jobs (id, task, queue, attempt, lost worker, new state). Jobs it
-    ends (out of attempts, or cancelled) are announced to their waiters like any finish.
+    ends (out of attempts, or cancelled) are announced to their waiters like any finish, and
+    settle their workflow dependents like any finish (:func:`pgq_sa._sql.workflows.unblock_ctes`).
     """
     s = tables.schema
     channel = notify_channel(s)
     return (
         text(
             f"""
-WITH dead AS (
+WITH RECURSIVE dead AS (
     SELECT id, coalesce(lease_timeout, :lease_timeout) AS lease FROM "{s}".workers
      WHERE heartbeat_at < now() - coalesce(lease_timeout, :lease_timeout) * interval '1 second'
        AND id <> :worker_id
@@ -102,21 +104,23 @@ rescued AS (
       FROM orphans
      WHERE j.id = orphans.id
     RETURNING j.id, j.state, j.task, j.queue, j.attempt, orphans.worker_id AS lost_worker,
-              j.awaited
+              j.awaited, j.workflow_id
 ),
 forgotten AS (
     DELETE FROM "{s}".workers WHERE id IN (SELECT id FROM dead) RETURNING id
-)
+),{unblock_ctes(s, "rescued")}
 SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
        (SELECT count(*) FROM rescued WHERE state <> 'queued') AS failed,
        (SELECT count(*) FROM forgotten) AS workers,
-       (SELECT json_agg(json_build_array(id, task, queue, attempt, lost_worker, state))
+       (SELECT json_agg(json_build_array(id, task, queue, attempt, lost_worker, state,
+                                         workflow_id))
           FROM rescued) AS jobs,
        (SELECT pg_notify('{channel}',
                          json_build_object('reason', 'rescue',
                                            'tasks', json_agg(DISTINCT task))::text)
           FROM rescued WHERE state = 'queued' HAVING count(*) > 0) AS notified,
-       ({announce_finished_sql(finished_channel(s), "rescued")}) AS announced
+       ({announce_finished_sql(finished_channel(s), "rescued")}) AS announced,
+       {UNBLOCK_NOTICES} AS unblocking
 """
         )
         .bindparams(
@@ -133,12 +137,14 @@ SELECT (SELECT count(*) FROM rescued WHERE state = 'queued') AS requeued,
 
 
 def prune(tables: QueueTables, *states: str) -> Executable:
-    """Delete up to ``limit`` jobs in ``states`` finished more than ``age`` seconds ago."""
+    """Delete up to ``limit`` jobs in ``states`` finished more than ``age`` seconds ago, outside
+    workflows (a workflow is pruned whole: :func:`pgq_sa._sql.workflows.prune_workflows`)."""
     jobs = tables.jobs
     oldest = (
         select(jobs.c.id)
         .where(
             in_states(jobs.c.state, *states),
+            jobs.c.workflow_id.is_(None),
             jobs.c.finished_at < func.now() - bindparam("age", type_=Double) * one_second(),
         )
         .order_by(jobs.c.finished_at)

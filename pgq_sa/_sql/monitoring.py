@@ -63,7 +63,8 @@ def age(moment: ColumnElement[Any]) -> ColumnElement[float]:
 
 
 def task_backlog(tables: QueueTables) -> Executable:
-    """Live jobs per (queue, task): due, scheduled for later, running, and the oldest due one."""
+    """Live jobs per (queue, task): due, scheduled for later, running, workflow steps waiting for
+    others, and the oldest due one."""
     jobs = tables.jobs
     queued = in_states(jobs.c.state, "queued")
     due = and_(queued, jobs.c.run_at <= func.now())
@@ -75,10 +76,11 @@ def task_backlog(tables: QueueTables) -> Executable:
             func.count().filter(due).label("due"),
             func.count().filter(and_(queued, jobs.c.run_at > func.now())).label("scheduled"),
             func.count().filter(in_states(jobs.c.state, "running")).label("running"),
+            func.count().filter(in_states(jobs.c.state, "waiting")).label("waiting"),
             oldest.label("oldest_due_at"),
             age(oldest).label("oldest_wait"),
         )
-        .where(live_states(jobs.c.state))
+        .where(or_(live_states(jobs.c.state), in_states(jobs.c.state, "waiting")))
         .group_by(jobs.c.queue, jobs.c.task)
         .order_by(jobs.c.queue, jobs.c.task)
     )

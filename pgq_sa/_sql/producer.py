@@ -26,43 +26,19 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by, insert
 from sqlalchemy.sql.expression import Executable
 
-from pgq_sa._schema import QueueTables
+from pgq_sa._schema import QueueTables, finished_channel
 from pgq_sa._sql.shared import (
+    ENQUEUE_INPUT,
     INSERTED_COLUMNS,
     LIVE_PREDICATE,
-    JsonColumn,
-    announce_finished,
+    announce_finished_sql,
     in_states,
-    json_rows,
     live_states,
+    new_jobs_source,
     notify,
     wake_message,
 )
-
-ENQUEUE_COLUMNS = (
-    "task",
-    "queue",
-    "payload",
-    "priority",
-    "max_attempts",
-    "run_at",
-    "delay",
-    "dedupe_key",
-    "meta",
-)
-# The bulk enqueue input: one JSON array per column (payloads and meta already serialised).
-ENQUEUE_INPUT: tuple[JsonColumn, ...] = tuple(
-    (name, name, "jsonb" if name in ("payload", "meta") else "text") for name in ENQUEUE_COLUMNS
-)
-_ENQUEUE_SOURCE = """
-SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
-       nullif(t.payload, 'null'::jsonb) AS payload,
-       t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
-       coalesce(t.run_at::timestamptz,
-                now() + t.delay::double precision * interval '1 second') AS run_at,
-       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta
-  FROM {rows}
-"""
+from pgq_sa._sql.workflows import UNBLOCK_NOTICES, unblock_ctes
 
 
 def enqueue(tables: QueueTables) -> Executable:
@@ -74,12 +50,8 @@ def enqueue(tables: QueueTables) -> Executable:
     """
     jobs = tables.jobs
     source = (
-        text(
-            _ENQUEUE_SOURCE.format(
-                schema=tables.schema, rows=json_rows(ENQUEUE_INPUT, ordinality=True)
-            )
-        )
-        .bindparams(*(bindparam(name, type_=Text) for name in ENQUEUE_COLUMNS))
+        text(new_jobs_source(tables.schema, ENQUEUE_INPUT))
+        .bindparams(*(bindparam(name, type_=Text) for name, _, _ in ENQUEUE_INPUT))
         .columns(
             column("id", BigInteger),
             column("ord", BigInteger),
@@ -111,10 +83,12 @@ def enqueue(tables: QueueTables) -> Executable:
 
 
 def live_ids_by_dedupe_key(tables: QueueTables) -> Executable:
+    """The unfinished jobs holding ``keys``: live ones, and waiting workflow steps (which hold
+    their keys from enqueue, see migration step 0005)."""
     jobs = tables.jobs
     return select(jobs.c.dedupe_key, jobs.c.id).where(
         jobs.c.dedupe_key == func.any(bindparam("keys", type_=ARRAY(Text))),
-        in_states(jobs.c.state, "queued", "running"),
+        in_states(jobs.c.state, "queued", "running", "waiting"),
     )
 
 
@@ -138,6 +112,7 @@ def job_columns(tables: QueueTables) -> Select[tuple[object, ...]]:
         jobs.c.dedupe_key,
         jobs.c.cancel_requested,
         jobs.c.scheduled_at,
+        jobs.c.workflow_id,
     )
 
 
@@ -173,12 +148,25 @@ def mark_awaited(tables: QueueTables) -> Executable:
 
 
 def cancel_queued(tables: QueueTables) -> Executable:
-    jobs = tables.jobs
+    """Cancel a job that has not started (queued, or a waiting workflow step), announce it to its
+    waiters, and settle its workflow dependents like any finish."""
+    s = tables.schema
     return (
-        update(jobs)
-        .where(jobs.c.id == bindparam("job_id"), in_states(jobs.c.state, "queued"))
-        .values(state="cancelled", finished_at=func.now(), cancel_requested=True)
-        .returning(jobs.c.id, announce_finished(tables, jobs))
+        text(
+            f"""
+WITH RECURSIVE done AS (
+    UPDATE "{s}".jobs AS j
+       SET state = 'cancelled', finished_at = now(), cancel_requested = true
+     WHERE j.id = :job_id AND j.state IN ('queued', 'waiting')
+    RETURNING j.id, j.state, j.task, j.awaited, j.workflow_id
+),
+notified AS ({announce_finished_sql(finished_channel(s), "done")}
+),{unblock_ctes(s, "done")}
+SELECT done.id, (SELECT count(*) FROM notified) + {UNBLOCK_NOTICES} AS notices FROM done
+"""
+        )
+        .bindparams(bindparam("job_id", type_=BigInteger))
+        .columns(column("id", BigInteger), column("notices", BigInteger))
     )
 
 
@@ -197,7 +185,9 @@ def cancel_running(tables: QueueTables) -> Executable:
 def retry_finished(tables: QueueTables) -> Executable:
     """Queue a failed or cancelled job again, now, with at least one attempt left.
 
-    Refused (no row) when another live job holds the same dedupe key.
+    Refused (no row) when another unfinished job holds the same dedupe key, and for workflow
+    steps: a step runs again with ``retry_workflow``, which also makes it wait for its
+    dependencies and revives the steps its failure cancelled.
     """
     jobs = tables.jobs
     holder = jobs.alias("holder")
@@ -205,7 +195,7 @@ def retry_finished(tables: QueueTables) -> Executable:
         select(holder.c.id)
         .where(
             holder.c.dedupe_key == jobs.c.dedupe_key,
-            in_states(holder.c.state, "queued", "running"),
+            in_states(holder.c.state, "queued", "running", "waiting"),
         )
         .exists()
     )
@@ -214,6 +204,7 @@ def retry_finished(tables: QueueTables) -> Executable:
         .where(
             jobs.c.id == bindparam("job_id"),
             in_states(jobs.c.state, "failed", "cancelled"),
+            jobs.c.workflow_id.is_(None),
             case((jobs.c.dedupe_key.is_(None), true()), else_=key_is_free),
         )
         .values(
@@ -286,8 +277,9 @@ def list_queues(tables: QueueTables) -> Executable:
 
 
 def live_job_counts(tables: QueueTables) -> Executable:
-    """Live jobs per queue, task and state, how many queued ones are due, and how long the
-    oldest due one has waited (seconds): the queue-depth gauges, read at scrape time."""
+    """Live jobs (waiting workflow steps included) per queue, task and state, how many queued
+    ones are due, and how long the oldest due one has waited (seconds): the queue-depth gauges,
+    read at scrape time."""
     jobs = tables.jobs
     due = and_(in_states(jobs.c.state, "queued"), jobs.c.run_at <= func.now())
     oldest = func.min(jobs.c.run_at).filter(due)
@@ -300,7 +292,7 @@ def live_job_counts(tables: QueueTables) -> Executable:
             func.count().filter(due).label("due"),
             func.coalesce(func.extract("epoch", func.now() - oldest), 0).label("oldest_due_age"),
         )
-        .where(in_states(jobs.c.state, "queued", "running"))
+        .where(or_(live_states(jobs.c.state), in_states(jobs.c.state, "waiting")))
         .group_by(jobs.c.queue, jobs.c.task, jobs.c.state)
         .order_by(jobs.c.queue, jobs.c.task, jobs.c.state)
     )

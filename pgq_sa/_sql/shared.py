@@ -8,18 +8,19 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
+    ARRAY,
+    JSON,
+    BigInteger,
     Interval,
     Text,
-    case,
     column,
     func,
     literal_column,
     or_,
 )
-from sqlalchemy.schema import Table
 from sqlalchemy.sql.expression import ColumnClause, ColumnElement
 
-from pgq_sa._schema import JobStatus, QueueTables, finished_channel, notify_channel
+from pgq_sa._schema import JobStatus, QueueTables, notify_channel
 
 LIVE_PREDICATE = "dedupe_key IS NOT NULL AND state IN ('queued', 'running')"
 
@@ -60,9 +61,31 @@ class ClaimedRow(NamedTuple):
     run_at: datetime
     started_at: datetime
     meta: Any
+    workflow_id: int | None
+    upstream: Any  # workflow steps: a JSON array of their direct dependencies (see claimed_sql)
+    dependents: list[int] | None  # workflow steps: the ids of the steps that wait for them
 
 
 CLAIMED_COLUMNS: tuple[str, ...] = ClaimedRow._fields
+
+# What a claimed workflow step learns of each direct dependency (its ``job.upstream``): the
+# columns of a ``JobInfo`` but the payload (a fan-in of 10,000 would carry 10,000 payloads);
+# times as epoch seconds.
+_UPSTREAM = """CASE WHEN {a}.workflow_id IS NULL THEN NULL ELSE (
+           SELECT json_agg(json_build_object(
+                      'id', p.id, 'task', p.task, 'queue', p.queue, 'state', p.state,
+                      'attempt', p.attempt, 'max_attempts', p.max_attempts,
+                      'priority', p.priority, 'result', p.result, 'error', p.error,
+                      'created_at', extract(epoch FROM p.created_at),
+                      'started_at', extract(epoch FROM p.started_at),
+                      'finished_at', extract(epoch FROM p.finished_at),
+                      'run_at', extract(epoch FROM p.run_at),
+                      'dedupe_key', p.dedupe_key, 'workflow_id', p.workflow_id) ORDER BY p.id)
+             FROM "{s}".job_dependencies AS d JOIN "{s}".jobs AS p ON p.id = d.depends_on
+            WHERE d.job_id = {a}.id) END AS upstream,
+       CASE WHEN {a}.workflow_id IS NULL THEN NULL ELSE ARRAY(
+           SELECT d.job_id FROM "{s}".job_dependencies AS d WHERE d.depends_on = {a}.id
+            ORDER BY d.job_id) END AS dependents"""
 
 
 class FinishSummaryRow(NamedTuple):
@@ -111,14 +134,66 @@ def json_rows(columns: Sequence[JsonColumn], alias: str = "t", *, ordinality: bo
     )
 
 
-def claimed_sql(alias: str) -> str:
-    """``CLAIMED_COLUMNS`` of the table ``alias``, for a RETURNING list in SQL text."""
-    return ", ".join(f"{alias}.{name}" for name in CLAIMED_COLUMNS)
+# The bulk enqueue's input columns, one JSON array each (payloads and meta already serialised).
+ENQUEUE_COLUMNS = (
+    "task",
+    "queue",
+    "payload",
+    "priority",
+    "max_attempts",
+    "run_at",
+    "delay",
+    "dedupe_key",
+    "meta",
+)
+_NEW_JOBS_SOURCE = """
+SELECT nextval('"{schema}".jobs_id_seq') AS id, t.ord, t.task, t.queue,
+       nullif(t.payload, 'null'::jsonb) AS payload,
+       t.priority::smallint AS priority, t.max_attempts::integer AS max_attempts,
+       coalesce(t.run_at::timestamptz,
+                now() + t.delay::double precision * interval '1 second') AS run_at,
+       t.dedupe_key, nullif(t.meta, 'null'::jsonb) AS meta{extra}
+  FROM {rows}
+"""
+
+
+def json_input(columns: Sequence[str]) -> tuple[JsonColumn, ...]:
+    """The JSON-array inputs of ``columns`` (payload and meta as jsonb, the rest as text)."""
+    return tuple(
+        (name, name, "jsonb" if name in ("payload", "meta") else "text") for name in columns
+    )
+
+
+def new_jobs_source(schema: str, inputs: tuple[JsonColumn, ...]) -> str:
+    """The SELECT turning the JSON arrays ``inputs`` (:data:`ENQUEUE_COLUMNS`, then any extra
+    text columns, passed through) into new job rows: an id drawn per row in input order, its
+    position (``ord``), the columns typed, ``run_at`` from ``run_at`` or ``delay``."""
+    extra = "".join(f", t.{name}" for _, name, _ in inputs[len(ENQUEUE_COLUMNS) :])
+    return _NEW_JOBS_SOURCE.format(
+        schema=schema, rows=json_rows(inputs, ordinality=True), extra=extra
+    )
+
+
+ENQUEUE_INPUT = json_input(ENQUEUE_COLUMNS)
+
+
+_COMPUTED: dict[str, Any] = {"upstream": JSON, "dependents": ARRAY(BigInteger)}
+
+
+def claimed_sql(schema: str, alias: str) -> str:
+    """``CLAIMED_COLUMNS`` of the jobs row ``alias``, for a RETURNING list in SQL text. A job
+    outside workflows pays one ``IS NULL`` test for ``upstream`` and one for ``dependents``; a
+    step, one index range of its edges each way and a primary-key lookup per dependency."""
+    columns = [f"{alias}.{name}" for name in CLAIMED_COLUMNS if name not in _COMPUTED]
+    return ", ".join([*columns, _UPSTREAM.format(a=alias, s=schema)])
 
 
 def claimed_types(tables: QueueTables) -> list[ColumnClause[Any]]:
     """``CLAIMED_COLUMNS`` typed as the jobs table types them, for ``TextClause.columns``."""
-    return [column(name, tables.jobs.c[name].type) for name in CLAIMED_COLUMNS]
+    return [
+        column(name, _COMPUTED[name] if name in _COMPUTED else tables.jobs.c[name].type)
+        for name in CLAIMED_COLUMNS
+    ]
 
 
 def one_second() -> ColumnElement[object]:
@@ -147,15 +222,6 @@ def wake_message(reason: str, tasks: ColumnElement[object] | None = None) -> Col
 
 def notify(tables: QueueTables, message: ColumnElement[str]) -> ColumnElement[object]:
     return func.pg_notify(notify_channel(tables.schema), message)
-
-
-def announce_finished(tables: QueueTables, jobs: Table) -> ColumnElement[object]:
-    """A NOTIFY of one finished job's id on the finished channel, if someone waits for it."""
-    message = func.json_build_object("ids", func.json_build_array(jobs.c.id)).cast(Text)
-    return case(
-        (jobs.c.awaited, func.pg_notify(finished_channel(tables.schema), message)),
-        else_=None,
-    )
 
 
 def announce_finished_sql(channel: str, rows: str) -> str:

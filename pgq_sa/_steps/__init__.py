@@ -13,7 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from pgq_sa._steps import s0001_initial, s0002_unsuccessful_index, s0003_awaited, s0004_workflows
+from pgq_sa._steps import (
+    s0001_initial,
+    s0002_unsuccessful_index,
+    s0003_awaited,
+    s0004_workflows,
+    s0005_held_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -32,5 +38,11 @@ class Step:
 
 STEPS: tuple[Step, ...] = tuple(
     Step.of(module)
-    for module in (s0001_initial, s0002_unsuccessful_index, s0003_awaited, s0004_workflows)
+    for module in (
+        s0001_initial,
+        s0002_unsuccessful_index,
+        s0003_awaited,
+        s0004_workflows,
+        s0005_held_keys,
+    )
 )

@@ -351,7 +351,8 @@ class _Tasks:
         if not definition.is_async:
             run = partial(self._jobs.sync.run, definition, job, timeout, events, worker_id)
             return await run_in_thread(run, job, timeout, self._threads)
-        if definition.transactional or events.active:
-            # its own scope, transaction and events (see _worker/transactional.py)
+        if definition.transactional or events.active or job.workflow_id:
+            # its own scope, transaction and events (see _worker/transactional.py); workflow
+            # steps too: the steps they add commit with their success
             return await self._jobs.run(definition, job, timeout, events, worker_id)
         return await run_in_scope(definition, job, timeout, scope, self._scopes)

@@ -77,6 +77,14 @@ def _cut(descriptor: int) -> None:
             duplicate.close()
 
 
+def _server_timeout(error: BaseException) -> bool:
+    """Did the server cancel the statement for its own ``statement_timeout`` (SQLSTATE 57014)?"""
+    original = getattr(error, "orig", None) or error
+    return getattr(original, "sqlstate", None) == "57014" or (
+        getattr(original, "pgcode", None) == "57014"
+    )
+
+
 @contextlib.contextmanager
 def guard(dbapi_connection: Any, seconds: float) -> Iterator[None]:
     """Cut ``dbapi_connection`` if the block takes longer than ``seconds``; then raise
@@ -96,7 +104,7 @@ def guard(dbapi_connection: Any, seconds: float) -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if fired.is_set():
+        if fired.is_set() or _server_timeout(error):
             raise StatementDeadline(seconds) from error
         raise
     finally:

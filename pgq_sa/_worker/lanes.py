@@ -56,8 +56,9 @@ Settings = Sequence[tuple[str, str]]
 
 def _server_deadline(seconds: float) -> tuple[str, str]:
     """The server's own ``statement_timeout`` for a lane (milliseconds): a statement stuck in a
-    lock is ended on the server too, its locks released."""
-    return ("statement_timeout", str(max(1, round(seconds * 1000))))
+    lock is ended on the server too, its locks released. A second later than the client's, so
+    the client's deadline is what the worker normally sees."""
+    return ("statement_timeout", str(round((seconds + 1.0) * 1000)))
 
 
 class SyncLane:

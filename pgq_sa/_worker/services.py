@@ -10,6 +10,7 @@ with backoff while the database is away is :func:`retrying`, the same for every 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from pgq_sa._notifications import Message
 from pgq_sa._ops import schedules as scheduling
 from pgq_sa._ops import worker as protocol
+from pgq_sa._ops import workflows
 from pgq_sa._ops.drive import Operation
 from pgq_sa._worker.core import HANDOVER_SECONDS, Reservation, WorkerCore
 from pgq_sa._worker.effects import (
@@ -49,6 +51,8 @@ DATABASE_ERRORS = (DBAPIError, psycopg.Error, OSError)
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 LISTEN_WAIT = 0.5  # the longest the listener waits before looking at the stop flags again
 PRUNE_BATCH = 1000
+# Maintenance rounds between two passes of the workflow straggler sweep.
+SETTLE_EVERY = 6
 MAX_PRUNE_ROUNDS = 10
 
 
@@ -306,9 +310,14 @@ def heartbeat(core: WorkerCore) -> Service[None]:
 
 
 def maintenance(core: WorkerCore) -> Service[None]:
-    """Rescue the jobs of silent workers and prune old finished jobs, on every worker."""
+    """Rescue the jobs of silent workers and prune old finished jobs, on every worker; and now
+    and then settle workflow steps left waiting after their dependencies finished (their parents
+    finished by a worker of a previous release during a rolling upgrade)."""
     queue, options = core.queue, core.options
-    while not (yield Wait(Signal.CLOSING, options.heartbeat_interval)):
+    cursor = (0, 0)
+    for round_ in itertools.count():
+        if (yield Wait(Signal.CLOSING, options.heartbeat_interval)):
+            return
         yield from retrying(
             core,
             "rescue",
@@ -330,6 +339,16 @@ def maintenance(core: WorkerCore) -> Service[None]:
             )
             if not removed or removed < PRUNE_BATCH:
                 break
+        if round_ % SETTLE_EVERY == 0:
+            settled = yield from retrying(
+                core,
+                "settle",
+                lambda cursor=cursor: workflows.settle_stragglers(  # type: ignore[misc]
+                    queue.statements, cursor
+                ),
+            )
+            if settled is not None:
+                cursor = settled.cursor
 
 
 def scheduler(core: WorkerCore) -> Service[None]:

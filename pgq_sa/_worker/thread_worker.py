@@ -272,9 +272,10 @@ class _Threads:
         try:
             if definition.is_async:
                 assert self._portal is not None
-                return self._portal.call(
+                outcome = self._portal.call(
                     run_async_handler, definition, job, timeout, events, worker_id
                 )
+                return self._jobs.commit_steps(definition, job, outcome, worker_id)
             return self._jobs.run(definition, job, timeout, events, worker_id)
         except BaseException as error:  # whatever escapes, the attempt fails; the worker goes on
             return failed_around(job, error)

@@ -13,7 +13,8 @@ A transactional job holds one pooled connection while its handler runs. When job
 share the worker's pool, at most the pool's size minus what the worker's own components need run
 at once (the others wait for a connection), so heartbeats and claims are never starved.
 
-Non-transactional tasks pass straight through to :mod:`.handlers`.
+Non-transactional tasks pass straight through to :mod:`.handlers`, except a workflow step that
+added steps with ``job.add_to_workflow``: see the workflow hook below.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from pgq_sa._decisions import Outcome
 from pgq_sa._events import EventHub
 from pgq_sa._job import Job
 from pgq_sa._ops import worker as protocol
-from pgq_sa._ops.drive import run_async, run_sync
+from pgq_sa._ops import workflows as wf_operations
+from pgq_sa._ops.drive import Operation, run_async, run_sync
 from pgq_sa._sql import Statements
 from pgq_sa._tasks import TaskDefinition
 from pgq_sa._worker.core import fetcher_count
@@ -108,6 +110,50 @@ def _lease_lost(job: Job, outcome: Outcome) -> Outcome:
     return dataclasses.replace(outcome, written=True)
 
 
+# --- workflow hook (issue 15) -----------------------------------------------------------------
+# Steps a handler added with job.add_to_workflow commit in ONE transaction with its success,
+# under its lease (pgq_sa._ops.workflows.finish_with_steps: insert the steps and edges, then the
+# lease-guarded finish; the transaction is rolled back when the lease was lost). Transactional
+# tasks do it in their own transaction (_finish); other tasks in one opened here
+# (SyncJobs.commit_steps / AsyncJobs.commit_steps), which marks the outcome ``written`` so the
+# completer only does its bookkeeping. To port into the new worker core: pass every outcome of a
+# job whose ``job._steps`` is set through commit_steps before the completer sees it.
+
+
+def _finish(
+    statements: Statements,
+    worker_id: uuid.UUID,
+    definition: TaskDefinition,
+    job: Job,
+    outcome: Outcome,
+) -> Operation[protocol.Finished]:
+    """The finish of one successful outcome, with the steps its handler added, if any (they are
+    checked against the queue here, before anything is sent)."""
+    if not job._steps:
+        return protocol.finish(statements, worker_id, [outcome])
+    steps = definition.owner._added_steps(job._steps)
+    return wf_operations.finish_with_steps(statements, worker_id, job.id, outcome, steps)
+
+
+def _with_steps(job: Job, outcome: Outcome) -> bool:
+    """Has this outcome steps to commit? Those of an attempt that did not succeed are dropped."""
+    if not job._steps:
+        return False
+    if outcome.state != "succeeded" or outcome.written:
+        log.info(
+            "job %s attempt %s: its %d added steps are dropped with its %s outcome",
+            job.id,
+            job.attempt,
+            len(job._steps),
+            outcome.state,
+        )
+        return False
+    return True
+
+
+# --- end of the workflow hook's helpers --------------------------------------------------------
+
+
 class SyncJobs:
     """Run ``def`` handlers; transactional ones inside a transaction of ``engine``."""
 
@@ -119,12 +165,18 @@ class SyncJobs:
         slots: int,
         *,
         owned: bool = False,
+        steps_bind: Engine | Any = None,
     ) -> None:
         self._engine = engine
         self._statements = statements
         self._worker_id = worker_id
         self._slots = threading.BoundedSemaphore(slots)
         self._owned = owned
+        # Workflow hook: where steps added by non-transactional tasks are written (an Engine, or
+        # a URL for one made on first use).
+        self._steps_bind: Any = steps_bind if steps_bind is not None else engine
+        self._steps_lock = threading.Lock()
+        self._owned_steps = False
 
     @classmethod
     def for_engine(
@@ -132,7 +184,7 @@ class SyncJobs:
     ) -> SyncJobs:
         """Job connections from the worker's own engine, capped to leave its components room."""
         if not _transactional(options.tasks.values(), is_async=False):
-            return cls(None, statements, worker_id, 1)
+            return cls(None, statements, worker_id, 1, steps_bind=engine)
         slots = connection_slots(engine.pool, options)
         if slots < options.capacity:
             log.info(
@@ -148,7 +200,7 @@ class SyncJobs:
     ) -> SyncJobs:
         """Job connections from a psycopg engine of their own (the async worker on asyncio)."""
         if not _transactional(options.tasks.values(), is_async=False):
-            return cls(None, statements, worker_id, 1)
+            return cls(None, statements, worker_id, 1, steps_bind=url)
         size = min(options.capacity, 5)
         engine = make_engine(url, pool_size=size, max_overflow=options.capacity - size)
         return cls(engine, statements, worker_id, options.capacity, owned=True)
@@ -162,7 +214,8 @@ class SyncJobs:
         worker_id: uuid.UUID | None = None,
     ) -> Outcome:
         if not definition.transactional:
-            return run_sync_handler(definition, job, timeout, events, worker_id)
+            outcome = run_sync_handler(definition, job, timeout, events, worker_id)
+            return self.commit_steps(definition, job, outcome, worker_id)  # workflow hook
         assert self._engine is not None
         with self._slots:
             try:
@@ -191,16 +244,51 @@ class SyncJobs:
         if outcome.state != "succeeded" or ended:
             _discard(connection)
             return _ended_by_handler(job) if ended else outcome
-        finish = protocol.finish(self._statements, worker_id, [outcome])
+        finish = _finish(self._statements, worker_id, definition, job, outcome)
         if run_sync(connection, finish).lost:
             transaction.rollback()
             return _lease_lost(job, outcome)
         transaction.commit()
         return dataclasses.replace(outcome, written=True)
 
+    def commit_steps(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        outcome: Outcome,
+        worker_id: uuid.UUID | None = None,
+    ) -> Outcome:
+        """Workflow hook: write the steps ``job`` added, and its success, in one transaction
+        (any other outcome passes through, its steps dropped)."""
+        if not _with_steps(job, outcome):
+            return outcome
+        try:
+            finish = _finish(
+                self._statements, worker_id or self._worker_id, definition, job, outcome
+            )
+            with self._engine_for_steps().connect() as connection:
+                transaction = connection.begin()
+                if run_sync(connection, finish).lost:
+                    transaction.rollback()
+                    return _lease_lost(job, outcome)
+                transaction.commit()
+        except Exception as error:
+            return _failed_around(job, error)
+        return dataclasses.replace(outcome, written=True)
+
+    def _engine_for_steps(self) -> Engine:
+        with self._steps_lock:
+            if not isinstance(self._steps_bind, Engine):  # a URL: the engine, on first use
+                self._steps_bind = make_engine(self._steps_bind, pool_size=2)
+                self._owned_steps = True
+            engine: Engine = self._steps_bind
+            return engine
+
     def close(self) -> None:
         if self._owned and self._engine is not None:
             self._engine.dispose()
+        if self._owned_steps:
+            self._steps_bind.dispose()
 
 
 def _discard(connection: Connection) -> None:
@@ -222,12 +310,16 @@ class AsyncJobs:
         statements: Statements,
         worker_id: uuid.UUID,
         slots: int,
+        *,
+        steps_engine: AsyncEngine | None = None,
     ) -> None:
         self._engine = engine
         self.sync = sync
         self._statements = statements
         self._worker_id = worker_id
         self._slots = anyio.Semaphore(slots)
+        # Workflow hook: where async handlers' added steps are written (None: through ``sync``).
+        self._steps_engine = steps_engine
 
     @classmethod
     def for_worker(
@@ -247,9 +339,9 @@ class AsyncJobs:
         engine = database.transactional_engine
         sync = SyncJobs.with_own_engine(database.url, options, statements, worker_id)
         if not _transactional(options.tasks.values(), is_async=True):
-            return cls(None, sync, statements, worker_id, 1)
+            return cls(None, sync, statements, worker_id, 1, steps_engine=engine)
         slots = connection_slots(engine.pool, options)
-        return cls(engine, sync, statements, worker_id, slots)
+        return cls(engine, sync, statements, worker_id, slots, steps_engine=engine)
 
     def run(
         self,
@@ -261,8 +353,51 @@ class AsyncJobs:
     ) -> Coroutine[Any, Any, Outcome]:
         """The coroutine running the handler (the plain one for other tasks: no extra frame)."""
         if not definition.transactional:
-            return run_async_handler(definition, job, timeout, events, worker_id)
+            handler = run_async_handler(definition, job, timeout, events, worker_id)
+            if job.workflow_id is None:
+                return handler
+            return self._then_commit_steps(definition, job, handler, worker_id)  # workflow hook
         return self._run(definition, job, timeout, events, worker_id or self._worker_id)
+
+    async def _then_commit_steps(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        handler: Coroutine[Any, Any, Outcome],
+        worker_id: uuid.UUID | None,
+    ) -> Outcome:
+        return await self.commit_steps(definition, job, await handler, worker_id)
+
+    async def commit_steps(
+        self,
+        definition: TaskDefinition,
+        job: Job,
+        outcome: Outcome,
+        worker_id: uuid.UUID | None = None,
+    ) -> Outcome:
+        """Workflow hook: :meth:`SyncJobs.commit_steps` for async handlers."""
+        if not _with_steps(job, outcome):
+            return outcome
+        worker_id = worker_id or self._worker_id
+        if self._steps_engine is None:  # a sync engine: in a worker thread
+            return await anyio.to_thread.run_sync(
+                self.sync.commit_steps, definition, job, outcome, worker_id
+            )
+        with anyio.CancelScope(shield=True):  # write and commit (or roll back) as one
+            try:
+                finish = _finish(self._statements, worker_id, definition, job, outcome)
+                connection = await self._steps_engine.connect()
+                try:
+                    transaction = await connection.begin()
+                    if (await run_async(connection, finish)).lost:
+                        await transaction.rollback()
+                        return _lease_lost(job, outcome)
+                    await transaction.commit()
+                finally:
+                    await _close(connection)
+            except Exception as error:
+                return _failed_around(job, error)
+        return dataclasses.replace(outcome, written=True)
 
     async def _run(
         self,
@@ -306,7 +441,7 @@ class AsyncJobs:
             if outcome.state != "succeeded" or ended:
                 await _discard_async(connection)
                 return _ended_by_handler(job) if ended else outcome
-            finish = protocol.finish(self._statements, worker_id, [outcome])
+            finish = _finish(self._statements, worker_id, definition, job, outcome)
             if (await run_async(connection, finish)).lost:
                 await transaction.rollback()
                 return _lease_lost(job, outcome)

@@ -4,9 +4,11 @@
 claim statement every worker uses, runs its handler on the calling thread (or, for ``async def``
 handlers, on an event loop of its own) and records the outcome with the lease-guarded finish
 statement: retries, backoff, failures and results are stored exactly as a real worker would store
-them. Jobs the handlers enqueue are picked up in the same call. ``run_due_jobs_async`` is the same
-loop for async tests (asyncio or trio). Cluster-wide concurrency and rate limits are not applied:
-a test wants every due job run now.
+them. Jobs the handlers enqueue are picked up in the same call, and so are workflow steps the
+moment their dependencies are done (the finish statement queues them, as for a real worker; a
+step's ``job.add_to_workflow`` additions commit with its success). ``run_due_jobs_async`` is the
+same loop for async tests (asyncio or trio). Cluster-wide concurrency and rate limits are not
+applied: a test wants every due job run now.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pgq_sa import _validation as validation
 from pgq_sa._decisions import Outcome
 from pgq_sa._job import JobError
 from pgq_sa._ops import worker as protocol
+from pgq_sa._ops import workflows as wf_operations
 from pgq_sa._ops.drive import Operation, run_async, run_sync
 from pgq_sa._ops.worker import Claimed, Identity
 from pgq_sa._queue import Queue
@@ -61,6 +64,7 @@ class JobRun:
 
 @dataclass(frozen=True)
 class _Plan:
+    queue: Queue
     statements: Statements
     identity: Identity
     definitions: dict[str, TaskDefinition]
@@ -106,6 +110,7 @@ def _plan(
             raise TypeError("queues must be a list of queue names, not one string")
         queues = tuple(validation.queue_name(name) for name in queues)
     return _Plan(
+        queue=queue,
         statements=queue.statements,
         identity=Identity.new("testing"),
         definitions=definitions,
@@ -138,8 +143,20 @@ def _next(plan: _Plan) -> Operation[list[Claimed]]:
     return claims.jobs
 
 
-def _finish(plan: _Plan, outcome: Outcome) -> Operation[protocol.Finished]:
-    return protocol.finish(plan.statements, plan.identity.id, [outcome])
+def _finish(plan: _Plan, item: Claimed, outcome: Outcome) -> Operation[protocol.Finished]:
+    """Write the outcome; with the steps a workflow step added, when it succeeded (one
+    transaction on an Engine: a lost lease raises, which rolls them back)."""
+    job = item.job
+    if not job._steps or outcome.state != "succeeded":
+        finished = yield from protocol.finish(plan.statements, plan.identity.id, [outcome])
+        return finished
+    steps = plan.queue._added_steps(job._steps)
+    finished = yield from wf_operations.finish_with_steps(
+        plan.statements, plan.identity.id, job.id, outcome, steps
+    )
+    if finished.lost:
+        raise RuntimeError(f"job {job.id}: the lease was lost; the steps it added are dropped")
+    return finished
 
 
 def _close(plan: _Plan) -> Operation[None]:
@@ -213,7 +230,7 @@ def run_due_jobs(
                 outcome = anyio.run(run_async_handler, definition, item.job, timeout)
             else:
                 outcome = run_sync_handler(definition, item.job, timeout)
-            finished = run_sync(bind, _finish(plan, outcome))
+            finished = run_sync(bind, _finish(plan, item, outcome))
             runs.append(_record(item, outcome, finished))
     finally:
         run_sync(bind, _close(plan))
@@ -248,7 +265,7 @@ async def run_due_jobs_async(
                 outcome = await anyio.to_thread.run_sync(
                     run_sync_handler, definition, item.job, timeout
                 )
-            finished = await run_async(bind, _finish(plan, outcome))
+            finished = await run_async(bind, _finish(plan, item, outcome))
             runs.append(_record(item, outcome, finished))
     finally:
         with anyio.CancelScope(shield=True):
