@@ -139,3 +139,24 @@ def test_only_asyncpg_takes_the_driver_path(database_url):
             await psycopg_engine.dispose()
 
     assert _run(main) == (True, False)
+
+
+def test_every_operation_on_a_prepared_lane_reads_rows_by_position(engine, database_url):
+    """asyncpg records have no attribute access: what runs on the AsyncWorker's autocommit lanes
+    (claims, finishes, heartbeats) must read rows by position."""
+    queue = Queue()
+    worker = register(engine, queue, Identity.new("async"))
+
+    async def main() -> None:
+        async_engine = make_async_engine(database_url.set(drivername="postgresql"))  # asyncpg
+        lane = AsyncioDatabase(async_engine).lane()
+        try:
+            beat = await lane.run(protocol.heartbeat(queue.statements, worker.id))
+            assert beat.alive
+            assert beat.cancel == ()
+            assert lane._driver is not None  # it went through the prepared path
+        finally:
+            await lane.close()
+            await async_engine.dispose()
+
+    _run(main)

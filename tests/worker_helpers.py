@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from sqlalchemy.engine import URL
 
 from pgq_sa import AsyncWorker, Queue, ThreadWorker
 
@@ -20,6 +21,10 @@ def make_worker(kind: str, queue: Queue, url: Any, **options: Any) -> ThreadWork
     size = options.pop("size", 4)
     if kind == "threads":
         return ThreadWorker(queue, url, threads=size, **options)
+    if kind == "asyncio" and isinstance(url, URL):
+        # what users get from a plain postgresql:// URL on asyncio: asyncpg (and its prepared
+        # statements on the worker's lanes); async psycopg is covered by test_drivers.py
+        url = url.set(drivername="postgresql")
     return AsyncWorker(queue, url, concurrency=size, **options)
 
 

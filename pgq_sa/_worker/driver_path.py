@@ -111,6 +111,11 @@ class PreparedConnection:
 
 
 def _is_driver_error(error: Exception) -> bool:
+    """Is this asyncpg's own error? Its ``InternalClientError`` included: asyncpg raises it for a
+    call on a connection lost during an earlier operation ("another operation is in
+    progress"), which must be retried on a fresh connection like any lost connection."""
     import asyncpg
 
-    return isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError))
+    return isinstance(
+        error, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+    )
