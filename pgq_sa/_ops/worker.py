@@ -105,8 +105,8 @@ def deregister(statements: Statements, worker_id: uuid.UUID) -> Operation[None]:
 def heartbeat(statements: Statements, worker_id: uuid.UUID) -> Operation[Heartbeat]:
     """Refresh the worker's row; learn which of its running jobs to cancel. It runs on the
     heartbeat lane, on asyncpg as a prepared statement (driver_path): rows read by position."""
-    (row,) = yield statements.heartbeat, {"worker_id": worker_id}
-    alive, cancel = row[0], row[1]
+    rows: Sequence[Any] = yield statements.heartbeat, {"worker_id": worker_id}
+    alive, cancel = rows[0][0], rows[0][1]
     return Heartbeat(alive=bool(alive), cancel=tuple(cancel or ()))
 
 
