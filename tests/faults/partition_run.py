@@ -80,6 +80,7 @@ class Config:
     statement_deadline: float = DEFAULT_NETWORK.statement_deadline
     application_name: str | None = None  # in the cut worker's URL
     worker_args: tuple[str, ...] = ()  # more `pgq-sa run` options for every worker
+    workers_from: Path | None = None  # run the workers on the pgq_sa of this checkout
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -259,6 +260,9 @@ class Run:
         if config.application_name:
             cut_url = cut_url.update_query_dict({"application_name": config.application_name})
         env = {"FAULT_DATABASE_URL": _plain(side_url)}
+        if config.workers_from is not None:
+            here = Path(__file__).parent
+            env["PYTHONPATH"] = os.pathsep.join([str(config.workers_from.resolve()), str(here)])
         listens = config.scenario.startswith("listen")
         cut_poll = config.listen_poll_interval if listens else config.poll_interval
         self.supervisors: list[Supervisor] = []
@@ -665,8 +669,9 @@ def run_partition(config: Config, server: URL | None = None, logs: Path | None =
 
 
 def write_doc(path: Path, command: str, outcomes: list[Outcome]) -> None:
-    """Replace the part of ``path`` after the ``<!-- partition figures -->`` marker."""
-    marker = "<!-- partition figures -->"
+    """Put the figures between the ``<!-- partition figures -->`` and
+    ``<!-- /partition figures -->`` markers of ``path`` (at its end if it has none)."""
+    begin, end = "<!-- partition figures -->", "<!-- /partition figures -->"
     rows = [
         f"| {o.config.scenario} | {o.config.kind} | {o.config.network} | "
         f"{'held' if o.ok else 'FAILED: ' + '; '.join(o.failed)} | "
@@ -682,8 +687,10 @@ def write_doc(path: Path, command: str, outcomes: list[Outcome]) -> None:
         ]
     )
     old = path.read_text() if path.exists() else ""
-    head = old.split(marker)[0] if marker in old else old
-    path.write_text(f"{head}{marker}\n\nCommand: `{command}`\n\n{table}\n")
+    head, _, rest = old.partition(begin) if begin in old else (old, "", "")
+    tail = rest.partition(end)[2] if end in rest else ""
+    block = f"{begin}\n\nCommand: `{command}`\n\n{table}\n\n{end}"
+    path.write_text(f"{head}{block}{tail if tail else chr(10)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -695,6 +702,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--application-name", help="put application_name in the cut URL")
     parser.add_argument(
         "--worker-arg", action="append", default=[], help="another `pgq-sa run` option"
+    )
+    parser.add_argument(
+        "--workers-from",
+        type=Path,
+        metavar="DIR",
+        help="run the workers on the pgq_sa package in DIR (e.g. an export of another commit)",
     )
     parser.add_argument("--doc", type=Path, help="write the figures to this Markdown file")
     parser.add_argument("--quiet", action="store_true")
@@ -714,6 +727,7 @@ def main(argv: list[str] | None = None) -> int:
                         statement_deadline=args.statement_deadline,
                         application_name=args.application_name,
                         worker_args=tuple(args.worker_arg),
+                        workers_from=args.workers_from,
                         verbose=not args.quiet,
                     )
                     outcome = run_partition(config, url)
