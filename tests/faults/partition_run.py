@@ -291,7 +291,7 @@ class Run:
                 *config.worker_args,
             ]
             supervisor = Supervisor(
-                url=_plain(url),
+                url=_plain(url.set(drivername="postgresql")),  # asyncio: asyncpg
                 targets=dict.fromkeys(KINDS, target),
                 logs=self.logs,
                 options=options,
