@@ -141,9 +141,9 @@ class NetworkSettings:
       ``keepalive_idle + keepalive_interval * keepalive_count``.
     * ``connect_timeout`` (whole seconds, libpq treats less than 2 as 2): a new connection,
       TCP handshake and startup, must be ready within it.
-    * ``statement_deadline`` (seconds): the workers' client-side bound on each statement they
-      send (they cancel and abandon it), which holds even when the server never answers. Not a
-      connection parameter: the workers read it.
+
+    A statement whose answer never comes is bounded by the workers' own client-side deadline
+    (their ``statement_timeout``), not here: these settings are the connections'.
 
     The defaults detect a dead peer within :attr:`dead_peer_within` = 10 seconds.
     """
@@ -153,7 +153,6 @@ class NetworkSettings:
     keepalive_count: int = 3
     tcp_user_timeout: float = 10.0
     connect_timeout: int = 5
-    statement_deadline: float = 10.0
 
     def __post_init__(self) -> None:
         from pgq_sa import _validation as validation
@@ -164,8 +163,7 @@ class NetworkSettings:
                 raise ValueError(
                     f"{name} must be 1 or more (whole seconds or a count), got {value}"
                 )
-        for name in ("tcp_user_timeout", "statement_deadline"):
-            validation.seconds(getattr(self, name), name, allow_zero=False)
+        validation.seconds(self.tcp_user_timeout, "tcp_user_timeout", allow_zero=False)
 
     @property
     def dead_peer_within(self) -> float:

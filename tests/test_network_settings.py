@@ -67,7 +67,7 @@ def test_defaults_bound_dead_peers_to_ten_seconds():
         ("keepalive_count", 2.5, TypeError, "keepalive_count must be an int"),
         ("connect_timeout", True, TypeError, "connect_timeout must be an int"),
         ("tcp_user_timeout", 0, ValueError, "tcp_user_timeout must be a finite number"),
-        ("statement_deadline", "5", TypeError, "statement_deadline must be seconds"),
+        ("tcp_user_timeout", "5", TypeError, "tcp_user_timeout must be seconds"),
     ],
 )
 def test_bad_settings_are_refused(field, value, error, message):

@@ -15,7 +15,7 @@ Scenarios (each on threads, asyncio or trio for the cut worker):
   coming by NOTIFY again (latency under a third of it) within ``resume_within``.
 * ``hung-statement``: the run locks the row of a job the worker runs, so the statement writing
   its outcome waits on the lock server-side; no wait of the worker's may outlast
-  ``statement_deadline`` plus the margin, and SIGTERM must end the worker while the lock is
+  ``statement_timeout`` plus the margin, and SIGTERM must end the worker while the lock is
   still held.
 
 Every scenario ends with SIGTERM to every process (each must exit within ``shutdown_timeout``
@@ -57,7 +57,7 @@ from fault_supervisor import KIND_ARGS, Supervisor, WorkerProcess
 from partition_proxy import PartitionProxy, upstream_address
 
 from pgq_sa import JobSpec, Queue
-from pgq_sa._config import DEFAULT_NETWORK, sync_url
+from pgq_sa._config import sync_url
 from pgq_sa.migrations import db_upgrade
 
 SCENARIOS = ("heal-alive", "heal-dead", "listen-alive", "listen-dead", "hung-statement")
@@ -77,7 +77,7 @@ class Config:
     listen_poll_interval: float = 3.0  # the listen scenarios: long enough to tell from NOTIFY
     shutdown_timeout: float = 3.0
     margin: float = 5.0
-    statement_deadline: float = DEFAULT_NETWORK.statement_deadline
+    statement_timeout: float = 10.0  # the workers' statement deadline (the new core's default)
     application_name: str | None = None  # in the cut worker's URL
     worker_args: tuple[str, ...] = ()  # more `pgq-sa run` options for every worker
     workers_from: Path | None = None  # run the workers on the pgq_sa of this checkout
@@ -98,12 +98,12 @@ class Config:
     @property
     def back_within(self) -> float:
         """After a heal: statements of the cut time out, the worker reconnects, registers."""
-        return self.statement_deadline + 2 * self.margin
+        return self.statement_timeout + 2 * self.margin
 
     @property
     def resume_within(self) -> float:
         """After a LISTEN heal: a dead LISTEN connection noticed, reconnected, a probe sent."""
-        return self.statement_deadline + 2 * self.listen_poll_interval + self.margin
+        return self.statement_timeout + 2 * self.listen_poll_interval + self.margin
 
     @property
     def stop_within(self) -> float:
@@ -605,13 +605,13 @@ def _hold_lock(
     if waiting is not None:
         run.enqueue(partition_app.HOLD, 4, seconds=0.2)
         since = run.now()
-        run.watch(blocked, config.statement_deadline + config.margin)
+        run.watch(blocked, config.statement_timeout + config.margin)
         outcome.figures["longest wait on the lock"] = longest[0]
         outcome.figures["jobs done meanwhile"] = run.executed_since(cut.pid, since)
         outcome.check(
             "no statement outlives the deadline",
-            longest[0] < config.statement_deadline + config.margin,
-            f"a statement waited {longest[0]:.1f}s (deadline {config.statement_deadline:g}s)",
+            longest[0] < config.statement_timeout + config.margin,
+            f"a statement waited {longest[0]:.1f}s (deadline {config.statement_timeout:g}s)",
         )
     stopped_at = run.now()
     sent = time.monotonic()
@@ -654,8 +654,9 @@ def run_partition(config: Config, server: URL | None = None, logs: Path | None =
         else:
             cut, explained_before = hung_statement(run, outcome)
         run.finish(outcome, cut, explained_before)
-        names = {link.application_name for link in run.proxy.links}
-        outcome.figures["application names seen"] = ",".join(sorted(str(n) for n in names))
+        if config.application_name:
+            names = {link.application_name for link in run.proxy.links}
+            outcome.figures["application names seen"] = ",".join(sorted(str(n) for n in names))
     if outcome.ok and run.own_logs:
         with contextlib.suppress(OSError):
             for path in run.logs.iterdir():
@@ -698,7 +699,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", default="all", help=f"all or one of {', '.join(SCENARIOS)}")
     parser.add_argument("--kind", default="all", help=f"all or one of {', '.join(KINDS)}")
     parser.add_argument("--network", default="proxy", help="proxy, netns or both")
-    parser.add_argument("--statement-deadline", type=float, default=Config.statement_deadline)
+    parser.add_argument(
+        "--statement-timeout",
+        type=float,
+        default=Config.statement_timeout,
+        help="the workers' statement deadline, for the bounds (pass it to new-core workers "
+        "too: --worker-arg=--statement-timeout=S)",
+    )
     parser.add_argument("--application-name", help="put application_name in the cut URL")
     parser.add_argument(
         "--worker-arg", action="append", default=[], help="another `pgq-sa run` option"
@@ -724,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                         scenario,
                         kind,
                         network,
-                        statement_deadline=args.statement_deadline,
+                        statement_timeout=args.statement_timeout,
                         application_name=args.application_name,
                         worker_args=tuple(args.worker_arg),
                         workers_from=args.workers_from,
