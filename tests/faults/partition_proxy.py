@@ -8,8 +8,10 @@ forgets the cut connections: the client side is never read, written or closed ag
 RST: open and dead, as after a NAT or firewall dropped their state), the server side is closed
 (the server notices, as its own keepalives eventually would, and frees the backend and its
 locks), and new connections work. ``cut()`` also holds new connections: they are accepted but
-never connected upstream, so a client's startup waits until its ``connect_timeout``.
-``cut_matching(predicate)`` cuts only the live connections it selects, new ones stay open.
+never connected upstream, so a client's startup waits (until its ``connect_timeout``, if it has
+one); either heal lets them through, as a SYN retransmitted after a real partition completes
+its handshake. ``cut_matching(predicate)`` cuts only the live connections it selects, new ones
+stay open.
 
 Identifying a connection: each :class:`Link` keeps the first bytes the client sent. Its startup
 packet (after an SSLRequest, answered "N" locally) gives ``application_name``, ``user`` and
@@ -202,13 +204,14 @@ class PartitionProxy:
         return chosen
 
     def heal(self, *, alive: bool = True) -> list[Link]:
-        """End the partition: cut connections resume (``alive``) or are forgotten, dead; new
-        connections are forwarded again. Which connections were cut."""
+        """End the partition: cut connections resume (``alive``) or are forgotten, dead (not
+        those held before reaching the server: they go through); new connections are forwarded
+        again. Which connections were cut or held."""
         with self._lock:
             self._holding_new = False
             cut = [link for link in self._links if link.state == "cut"]
             for link in cut:
-                if alive:
+                if alive or link.upstream is None:  # held in its handshake: it goes through
                     if self.netns is not None:
                         self.netns.undrop(link.client_port)
                     self._open(link)

@@ -259,13 +259,26 @@ class Run:
         cut_url = self.proxy.url(self.url)
         if config.application_name:
             cut_url = cut_url.update_query_dict({"application_name": config.application_name})
-        env = {"FAULT_DATABASE_URL": _plain(side_url)}
+        self.supervisors = self._supervisors(cut_url, side_url, stack)
+        self.cut_supervisor, self.healthy_supervisor, self.drainer_supervisor = self.supervisors
+        self.ids: list[int] = []
+        self.ended: set[int] = set()  # pids the run itself stopped
+
+    def _supervisors(
+        self, cut_url: URL, side_url: URL, stack: contextlib.ExitStack
+    ) -> list[Supervisor]:
+        """The cut worker's (in the namespace, if any), the healthy worker's and the
+        drainer's; every process they start is killed on the way out."""
+        config = self.config
+        # PYTHONFAULTHANDLER: a process that ignores SIGTERM gets SIGABRT, which makes it
+        # write every thread's stack to its log before it is killed.
+        env = {"FAULT_DATABASE_URL": _plain(side_url), "PYTHONFAULTHANDLER": "1"}
         if config.workers_from is not None:
             here = Path(__file__).parent
             env["PYTHONPATH"] = os.pathsep.join([str(config.workers_from.resolve()), str(here)])
         listens = config.scenario.startswith("listen")
         cut_poll = config.listen_poll_interval if listens else config.poll_interval
-        self.supervisors: list[Supervisor] = []
+        supervisors = []
         for label, url, target, prefix, poll in (
             (
                 "cut",
@@ -299,10 +312,9 @@ class Run:
                 prefix=prefix,
                 label=label,
             )
-            self.supervisors.append(supervisor)
+            supervisors.append(supervisor)
             stack.callback(supervisor.kill_all)
-        self.cut_supervisor, self.healthy_supervisor, self.drainer_supervisor = self.supervisors
-        self.ids: list[int] = []
+        return supervisors
 
     def _drop(self, admin: Engine) -> None:
         self.engine.dispose()
@@ -328,8 +340,18 @@ class Run:
 
     def stop_all(self, outcome: Outcome) -> None:
         """SIGTERM every live process at once; each must exit within ``stop_within``; kill
-        what does not. Figures: the slowest exit, and the processes that had to be killed."""
-        workers = [w for s in self.supervisors for w in s.live if w.process.poll() is None]
+        what does not. Figures: the slowest exit, and the processes that had to be killed.
+        A process that had already exited, unless the run stopped it, died on its own."""
+        everyone = [w for s in self.supervisors for w in s.live]
+        died = [w for w in everyone if w.process.poll() is not None and w.pid not in self.ended]
+        outcome.check(
+            "no worker died on its own",
+            not died,
+            "; ".join(
+                f"{w.log.name} exited {w.process.returncode}: {self.last_words(w)}" for w in died
+            ),
+        )
+        workers = [w for w in everyone if w.process.poll() is None]
         sent = time.monotonic()
         for worker in workers:
             worker.process.send_signal(signal.SIGTERM)
@@ -341,8 +363,7 @@ class Run:
                 slowest = max(slowest, time.monotonic() - sent)
             except subprocess.TimeoutExpired:
                 hung.append(f"{worker.log.name.split('-')[0]} ({worker.kind})")
-                worker.process.kill()
-                worker.process.wait()
+                _abort(worker)
         if workers:
             outcome.figures["slowest exit on SIGTERM"] = slowest
         outcome.check(
@@ -355,6 +376,12 @@ class Run:
 
     def log_of(self, worker: WorkerProcess) -> str:
         return worker.log.read_text(errors="replace")
+
+    def last_words(self, worker: WorkerProcess) -> str:
+        """The last error line of a worker's log (its last line if none)."""
+        lines = self.log_of(worker).strip().splitlines() or ["(no output)"]
+        errors = [line for line in lines if "Error" in line or " ERROR " in line]
+        return (errors or lines)[-1][-300:]
 
     # --- the database ---
 
@@ -438,6 +465,17 @@ class Run:
         outcome.check("no outcome overwritten", not verdict.overwritten, f"{verdict.overwritten}")
 
 
+def _abort(worker: WorkerProcess) -> None:
+    """End a process that did not stop: SIGABRT first (its threads' stacks go to its log),
+    then SIGKILL."""
+    worker.process.send_signal(signal.SIGABRT)
+    try:
+        worker.process.wait(3)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
+
+
 def _plain(url: URL) -> str:
     return url.render_as_string(hide_password=False)
 
@@ -451,8 +489,10 @@ def _registered(run: Run, outcome: Outcome, workers: list[WorkerProcess]) -> boo
     run.wait(settled, 60)
     dead = [w for w in workers if w.process.poll() is not None]
     if dead:
-        last = run.log_of(dead[0]).strip().splitlines()[-1:] or ["(no output)"]
-        return outcome.check("workers started", False, f"{dead[0].kind} exited: {last[0]}")
+        run.ended.update(w.pid for w in dead)  # reported here, not again as a death
+        return outcome.check(
+            "workers started", False, f"{dead[0].kind} exited: {run.last_words(dead[0])}"
+        )
     held = all(run.registered(w.pid) for w in workers)
     return outcome.check("workers started", held, "not registered within 60 s")
 
@@ -615,6 +655,7 @@ def _hold_lock(
         )
     stopped_at = run.now()
     sent = time.monotonic()
+    run.ended.add(cut.pid)
     cut.process.send_signal(signal.SIGTERM)
     exited = run.wait(lambda: cut.process.poll() is not None, config.stop_within)
     outcome.figures["exit on SIGTERM, lock held"] = exited if exited is not None else "hung"
@@ -632,8 +673,7 @@ def _hold_lock(
             else "it did not exit after the lock was released either: killed"
         )
         if late is None:
-            cut.process.kill()
-            cut.process.wait()
+            _abort(cut)
         outcome.figures["exit after the release"] = late if late is not None else "killed"
     outcome.figures["stop took"] = time.monotonic() - sent
     return stopped_at

@@ -154,12 +154,16 @@ def test_cut_matching_cuts_only_the_listen_connection(proxy, server_url):
         assert notice.payload == "during"
 
 
-def test_new_connections_wait_during_a_cut(proxy, server_url):
+def test_new_connections_wait_during_a_cut_and_go_through_either_heal(proxy, server_url):
     proxy.cut()
     started = time.monotonic()
     with pytest.raises(psycopg.OperationalError):
         connect(proxy, server_url, connect_timeout=2)
     assert 1.5 < time.monotonic() - started < 10  # libpq's timeout, not a refusal
-    proxy.heal(alive=False)
-    with connect(proxy, server_url) as connection:
+    held = Blocked(lambda: connect(proxy, server_url))
+    assert held.waiting_after(QUIET)
+    proxy.heal(alive=False)  # kills established connections, not one still connecting
+    assert not held.waiting_after(10)
+    assert isinstance(held.result, psycopg.Connection)
+    with held.result as connection:
         assert connection.execute("SELECT 3").fetchone() == (3,)
