@@ -19,7 +19,8 @@ Scenarios (each on threads, asyncio or trio for the cut worker):
   still held.
 
 Every scenario ends with SIGTERM to every process (each must exit within ``shutdown_timeout``
-plus the margin; what does not is killed) and the oracle: nothing lost, every job succeeded,
+plus the margin; what does not gets SIGABRT, which writes its threads' stacks to its log, then
+SIGKILL) and the oracle: nothing lost, every job succeeded,
 duplicate executions only of jobs the cut worker ran before the heal (or before it was stopped),
 no outcome overwritten by a late write. Every wait is bounded: a worker that hangs makes its
 check fail, never the run wedge. ``network="netns"`` runs the cut worker in a network
@@ -369,7 +370,8 @@ class Run:
         outcome.check(
             "every process exits on SIGTERM",
             not hung and not any(codes),
-            f"still running {self.config.stop_within:g}s after SIGTERM (killed): {', '.join(hung)}"
+            f"still running {self.config.stop_within:g}s after SIGTERM (aborted: every "
+            f"thread's stack is in its log): {', '.join(hung)}"
             if hung
             else f"exit codes {codes}",
         )
