@@ -69,7 +69,7 @@ def test_partition(name, kind, network, server_url, tmp_path):
     ],
 )
 def test_the_cut_worker_is_known_by_its_application_name(kind, server_url, tmp_path):
-    config = Config("heal-alive", kind, application_name="pgq_sa_cut_worker")
+    config = Config("listen-alive", kind, application_name="pgq_sa_cut_worker")
     outcome = run_partition(config, server_url, tmp_path)
     assert outcome.ok, outcome.summary()
     assert outcome.figures["application names seen"] == "pgq_sa_cut_worker"
