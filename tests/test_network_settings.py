@@ -111,27 +111,21 @@ def test_the_url_and_connect_args_win_and_none_leaves_libpq_alone(tcp_url):
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_asyncpg_connections_get_the_socket_options(tcp_url):
-    engine = make_async_engine(tcp_url.set(drivername="postgresql"), network=SETTINGS)
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+async def test_async_engine_connections_carry_the_settings(tcp_url, driver):
+    """asyncpg: socket options set through its transport; async psycopg: libpq parameters."""
+    drivername = "postgresql" if driver == "asyncpg" else "postgresql+psycopg"
+    engine = make_async_engine(tcp_url.set(drivername=drivername), network=SETTINGS)
     try:
         async with engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver = raw.driver_connection
-            assert type(driver).__module__.startswith("asyncpg")
-            sock = driver._transport.get_extra_info("socket")
-            assert kernel_options(sock.fileno()) == EXPECTED
-    finally:
-        await engine.dispose()
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_async_psycopg_connections_carry_the_settings(tcp_url):
-    engine = make_async_engine(tcp_url.set(drivername="postgresql+psycopg"), network=SETTINGS)
-    try:
-        async with engine.connect() as connection:
-            raw = await connection.get_raw_connection()
-            assert raw.driver_connection.info.get_parameters()["keepalives_count"] == "4"
+            raw = (await connection.get_raw_connection()).driver_connection
+            assert type(raw).__module__.split(".")[0] == driver
+            if driver == "asyncpg":
+                fileno = raw._transport.get_extra_info("socket").fileno()
+            else:
+                assert raw.info.get_parameters()["keepalives_count"] == "4"
+                fileno = raw.fileno()
+            assert kernel_options(fileno) == EXPECTED
     finally:
         await engine.dispose()
 
