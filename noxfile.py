@@ -1,4 +1,4 @@
-"""Developer sessions: tests (both servers), lint, demo, bench, faults, soak."""
+"""Developer sessions: tests (both servers), lint, demo, bench, faults, partitions, soak."""
 
 from __future__ import annotations
 
@@ -62,6 +62,15 @@ def faults(session: nox.Session) -> None:
     """The full fault run (10,000 jobs) on an embedded PostgreSQL: `nox -s faults -- --help`."""
     session.install("-e", ".[dev]")
     session.run("python", "tests/faults/fault_run.py", "--doc", "docs/faults.md", *session.posargs)
+
+
+@nox.session
+def partitions(session: nox.Session) -> None:
+    """Network partitions under a worker (user space and, as root, a kernel blackhole), with the
+    figures written to docs/faults.md: `nox -s partitions -- --help`."""
+    session.install("-e", ".[dev]")
+    command = ["python", "tests/faults/partition_run.py", "--network", "both"]
+    session.run(*command, "--doc", "docs/faults.md", *session.posargs)
 
 
 @nox.session

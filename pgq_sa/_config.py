@@ -1,17 +1,26 @@
-"""Where the database is: URL precedence, driver choice for sync and async, engine creation.
+"""Where the database is: URL precedence, driver choice for sync and async, engine creation,
+and the connection settings that bound how long a silent network can hold a connection.
 
 Precedence: an explicit URL, then ``PGQ_SA_DATABASE_URL``, then ``DATABASE_URL``, then the
 embedded PostgreSQL (extra ``embedded``). ``postgres://`` and driverless ``postgresql://`` URLs
 get psycopg for sync engines and asyncpg for async ones; an explicit ``+psycopg`` stays psycopg.
+
+Engines made here detect a dead peer in bounded time (:class:`NetworkSettings`): TCP keepalives,
+``tcp_user_timeout`` and a connect timeout, for libpq (psycopg, the LISTEN connection) as
+connection parameters and for asyncpg as a connect timeout plus socket options. What the URL (or
+the caller's ``connect_args``) says wins over these defaults.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+import psycopg
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -114,11 +123,137 @@ def schema_from_environment(explicit: str | None = None) -> str:
     return os.environ.get(SCHEMA_VARIABLE) or "pgq"
 
 
-def make_engine(url: str | URL, **options: Any) -> Engine:
-    """A sync engine (psycopg) for ``url``."""
-    return create_engine(sync_url(url), **options)
+@dataclass(frozen=True)
+class NetworkSettings:
+    """How soon a connection gives up on a peer that went silent (a pulled cable, a NAT or
+    firewall that forgot the connection: no FIN, no RST, just no answer). Without them a read on
+    such a socket waits for ever (Linux retransmits unacknowledged data for ~15 minutes and never
+    probes an idle connection before 2 hours).
+
+    * ``keepalive_idle``, ``keepalive_interval``, ``keepalive_count`` (whole seconds, counts):
+      an idle connection sends its first probe after ``keepalive_idle`` seconds of silence, then
+      one every ``keepalive_interval``; it is dead after ``keepalive_count`` unanswered probes.
+      A connection waiting for a notification or an answer is idle in this sense.
+    * ``tcp_user_timeout`` (seconds; Linux, libpq 12+): how long sent data may stay
+      unacknowledged before the connection is dead. Keepalives are not sent while data is in
+      flight, so this is what bounds a statement sent into a blackhole; Linux also ends keepalive
+      probing by it once a probe went unanswered, hence the default equals
+      ``keepalive_idle + keepalive_interval * keepalive_count``.
+    * ``connect_timeout`` (whole seconds, libpq treats less than 2 as 2): a new connection,
+      TCP handshake and startup, must be ready within it.
+
+    A statement whose answer never comes is bounded by the workers' own client-side deadline
+    (their ``statement_timeout``), not here: these settings are the connections'.
+
+    The defaults detect a dead peer within :attr:`dead_peer_within` = 10 seconds.
+    """
+
+    keepalive_idle: int = 4
+    keepalive_interval: int = 2
+    keepalive_count: int = 3
+    tcp_user_timeout: float = 10.0
+    connect_timeout: int = 5
+
+    def __post_init__(self) -> None:
+        from pgq_sa import _validation as validation
+
+        for name in ("keepalive_idle", "keepalive_interval", "keepalive_count", "connect_timeout"):
+            value = validation._integer(getattr(self, name), name)
+            if value < 1:
+                raise ValueError(
+                    f"{name} must be 1 or more (whole seconds or a count), got {value}"
+                )
+        validation.seconds(self.tcp_user_timeout, "tcp_user_timeout", allow_zero=False)
+
+    @property
+    def dead_peer_within(self) -> float:
+        """Seconds after which a connection to a silent peer has failed, idle or not."""
+        probing = self.keepalive_idle + self.keepalive_interval * self.keepalive_count
+        return float(max(probing, self.tcp_user_timeout))
+
+    def libpq_parameters(self) -> dict[str, str]:
+        """The libpq connection parameters (psycopg's ``connect()`` keywords)."""
+        parameters = {
+            "keepalives": "1",
+            "keepalives_idle": str(self.keepalive_idle),
+            "keepalives_interval": str(self.keepalive_interval),
+            "keepalives_count": str(self.keepalive_count),
+            "connect_timeout": str(self.connect_timeout),
+        }
+        if psycopg.pq.version() >= 120000:  # older libpq refuses the parameter
+            parameters["tcp_user_timeout"] = str(round(self.tcp_user_timeout * 1000))
+        return parameters
+
+    def set_socket_options(self, sock: Any) -> None:
+        """Keepalives and the user timeout on a connected TCP socket (asyncpg's, which has no
+        parameters for them); options this platform lacks are left out."""
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", self.keepalive_idle),
+            ("TCP_KEEPALIVE", self.keepalive_idle),  # macOS's name for the idle time
+            ("TCP_KEEPINTVL", self.keepalive_interval),
+            ("TCP_KEEPCNT", self.keepalive_count),
+            ("TCP_USER_TIMEOUT", round(self.tcp_user_timeout * 1000)),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def make_async_engine(url: str | URL, **options: Any) -> AsyncEngine:
-    """An asyncio engine (asyncpg by default) for ``url``."""
-    return create_async_engine(async_url(url), **options)
+DEFAULT_NETWORK = NetworkSettings()
+
+
+def libpq_defaults(given: Mapping[str, object], network: NetworkSettings) -> dict[str, str]:
+    """The parameters of ``network`` that ``given`` (a URL's query, a conninfo's or the
+    caller's connect arguments) does not set itself; ``PGCONNECT_TIMEOUT`` counts as set."""
+    present = set(given) | ({"connect_timeout"} if os.environ.get("PGCONNECT_TIMEOUT") else set())
+    return {k: v for k, v in network.libpq_parameters().items() if k not in present}
+
+
+def _merged_connect_args(defaults: Mapping[str, Any], options: dict[str, Any]) -> None:
+    """Put ``defaults`` under the caller's own ``connect_args`` in ``options``."""
+    given = dict(options.get("connect_args") or {})
+    options["connect_args"] = {**{k: v for k, v in defaults.items() if k not in given}, **given}
+
+
+def make_engine(
+    url: str | URL, *, network: NetworkSettings | None = DEFAULT_NETWORK, **options: Any
+) -> Engine:
+    """A sync engine (psycopg) for ``url``; its connections use ``network`` (None: libpq's
+    defaults) where neither the URL nor ``connect_args`` say otherwise."""
+    target = sync_url(url)
+    if network is not None:
+        _merged_connect_args(libpq_defaults(target.query, network), options)
+    return create_engine(target, **options)
+
+
+def make_async_engine(
+    url: str | URL, *, network: NetworkSettings | None = DEFAULT_NETWORK, **options: Any
+) -> AsyncEngine:
+    """An asyncio engine (asyncpg by default) for ``url``, its connections using ``network``
+    (None: the driver's defaults) where neither the URL nor ``connect_args`` say otherwise."""
+    target = async_url(url)
+    if network is None:
+        return create_async_engine(target, **options)
+    if target.get_driver_name() != "asyncpg":
+        _merged_connect_args(libpq_defaults(target.query, network), options)
+        return create_async_engine(target, **options)
+    if not {"timeout", "connect_timeout"} & set(target.query):
+        _merged_connect_args({"timeout": float(network.connect_timeout)}, options)
+    engine = create_async_engine(target, **options)
+    event.listen(engine.sync_engine, "connect", _asyncpg_keepalives(network))
+    return engine
+
+
+def _asyncpg_keepalives(network: NetworkSettings) -> Any:
+    """A pool ``connect`` hook setting ``network``'s socket options on each new asyncpg
+    connection. asyncpg has no parameters for them and no public accessor for its socket: its
+    transport (``Connection._transport``) is the one its maintainers point to (asyncpg#606)."""
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        transport = getattr(dbapi_connection.driver_connection, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            network.set_socket_options(sock)
+
+    return on_connect

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import anyio
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import URL
 
+from pgq_sa import _config
 from pgq_sa._config import sync_url
 
 log = logging.getLogger("pgq_sa.listener")
@@ -88,9 +90,12 @@ class ListenConnection:
         return self._connection is not None and not self._connection.closed
 
     def connect(self) -> None:
-        """(Re)connect and LISTEN on every channel."""
+        """(Re)connect and LISTEN on every channel. The connection detects a dead peer by
+        keepalives (it is idle most of the time) unless its URL says otherwise."""
         self.close()
-        connection = psycopg.connect(self._conninfo, autocommit=True)
+        given = conninfo_to_dict(self._conninfo)
+        network = _config.libpq_defaults(given, _config.DEFAULT_NETWORK)
+        connection = psycopg.connect(make_conninfo(self._conninfo, **network), autocommit=True)
         try:
             for channel in self._channels:
                 connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))

@@ -39,13 +39,16 @@ class WorkerProcess:
 
 @dataclass
 class Supervisor:
-    """Runs ``targets[kind]`` (MODULE:QUEUE importable from this folder) on ``url``."""
+    """Runs ``targets[kind]`` (MODULE:QUEUE importable from this folder) on ``url``, each
+    command after ``prefix`` (e.g. ``ip netns exec NAME``), logging to ``label-NNN-kind.log``."""
 
     url: str
     targets: dict[str, str]
     logs: Path
     options: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)
+    label: str = "worker"
     live: list[WorkerProcess] = field(default_factory=list)
     killed: list[WorkerProcess] = field(default_factory=list)
     paused: set[int] = field(default_factory=set)
@@ -55,8 +58,9 @@ class Supervisor:
 
     def start(self, kind: str) -> WorkerProcess:
         self.started += 1
-        log = self.logs / f"worker-{self.started:03d}-{kind}.log"
+        log = self.logs / f"{self.label}-{self.started:03d}-{kind}.log"
         command = [
+            *self.prefix,
             sys.executable,
             "-m",
             "pgq_sa",
