@@ -21,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import URL
 
-from pgq_sa import _config
+from pgq_sa import _config, _deadlines
 from pgq_sa._config import sync_url
 
 log = logging.getLogger("pgq_sa.listener")
@@ -84,6 +84,7 @@ class ListenConnection:
         self._conninfo = conninfo(url)
         self._channels = tuple(channels)
         self._connection: psycopg.Connection[tuple[object, ...]] | None = None
+        self._held: list[Message] = []  # notifications psycopg received during a ping
 
     @property
     def connected(self) -> bool:
@@ -97,12 +98,29 @@ class ListenConnection:
         network = _config.libpq_defaults(given, _config.DEFAULT_NETWORK)
         connection = psycopg.connect(make_conninfo(self._conninfo, **network), autocommit=True)
         try:
+            connection.add_notify_handler(self._hold)
             for channel in self._channels:
                 connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         except BaseException:
             connection.close()
             raise
         self._connection = connection
+
+    def _hold(self, notify: psycopg.Notify) -> None:
+        self._held.append(decode(notify.channel, notify.payload))
+
+    def ping(self, timeout: float) -> None:
+        """Ask the server for an answer within ``timeout`` seconds: an idle connection whose
+        peer vanished is found out (keepalives may be off, or answered by a middlebox), and
+        replaced by the caller. Notifications that arrive meanwhile are kept for ``read``."""
+        connection = self._connection
+        if connection is None:
+            raise psycopg.OperationalError("the listen connection is not open")
+        try:
+            with _deadlines.guard(connection, timeout):
+                connection.execute("SELECT 1")
+        except _deadlines.StatementDeadline as error:
+            raise psycopg.OperationalError(str(error)) from error
 
     def fileno(self) -> int:
         if self._connection is None:
@@ -116,18 +134,22 @@ class ListenConnection:
             raise psycopg.OperationalError("the listen connection is not open")
         pgconn = connection.pgconn
         pgconn.consume_input()  # raises psycopg.OperationalError when the link is broken
-        messages = []
+        messages, self._held = self._held, []
         while (notify := pgconn.notifies()) is not None:
             messages.append(decode(notify.relname.decode(), notify.extra.decode(errors="replace")))
         return messages
 
     def wait(self, timeout: float) -> list[Message]:
         """Block up to ``timeout`` seconds for notifications (threads)."""
+        if self._held:
+            return self.read()
         ready, _, _ = select.select([self.fileno()], [], [], max(timeout, 0))
         return self.read() if ready else []
 
     async def wait_async(self, timeout: float) -> list[Message]:
         """Wait up to ``timeout`` seconds for notifications (asyncio or trio)."""
+        if self._held:
+            return self.read()
         with anyio.move_on_after(max(timeout, 0)):
             await anyio.wait_readable(self.fileno())
             return self.read()

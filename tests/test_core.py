@@ -172,7 +172,7 @@ def test_a_stop_hands_back_exactly_what_did_not_start():
     core.begin_stop()
     for item in items[2:]:
         assert core.start(item) is None  # not started: left to the final hand-back
-    assert core.held == {item.job.id for item in running}
+    assert core.held_ids() == sorted(item.job.id for item in running)
     assert core.busy == 2
     # the grace period ends with one of the two still running
     core.release(running[0].job, succeeded(running[0]))
@@ -401,7 +401,7 @@ def test_every_database_error_kind_is_retried_the_same_way():
     and socket errors (a refused connection, a statement deadline) are retried; others are not."""
     import psycopg
 
-    from pgq_sa._worker.deadlines import StatementDeadline
+    from pgq_sa._deadlines import StatementDeadline
 
     for error in (
         OperationalError("SELECT", {}, Exception("gone")),
@@ -437,3 +437,38 @@ def test_the_scheduler_stops_with_the_worker():
     core.begin_stop()
     done, _ = services.advance(scheduler, True, None)
     assert done
+
+
+def test_a_claim_that_fails_with_outcomes_gives_them_to_the_completer_and_claims_without():
+    """One outcome whose row is locked elsewhere must not hold every claim behind it: a failed
+    claim carrying outcomes hands them back and claims without outcomes until a write works."""
+    core = make_core(capacity=4, batch_size=4)
+    core.record_claim(core.reserve(), items := claimed(1))
+    core.start(items[0])
+    core.release(items[0].job, succeeded(items[0]))
+    fetcher = services.fetcher(core, 0)
+    call = step(fetcher)
+    assert next(call.operation)[0] is core.statements.finish_and_claim
+    error = OperationalError("SELECT", {}, Exception("no answer"))
+    call = step(fetcher, error=error)  # no backoff: the claim goes again, without outcomes
+    assert next(call.operation)[0] is core.statements.claim
+    assert [o.job_id for o in core.pending] == [items[0].job.id]
+    assert core.piggyback_paused
+    core.written(core.take_batch(), Finished({items[0].job.id: "succeeded"}, (), None))
+    assert not core.piggyback_paused
+
+
+def test_one_worker_may_hold_an_old_and_a_new_attempt_of_one_job():
+    """After a rescue, a worker may still run attempt 1 (its lease lost) when it claims attempt
+    2 of the same job: the two are kept apart."""
+    core = make_core()
+    (first,) = claimed(1)
+    second = Claimed(Job(first.job.id, "free", None, 2, 3, 0, "default", NOW), None, False)
+    core.record_claim(core.reserve(), [first])
+    core.start(first)
+    core.record_claim(core.reserve(), [second])
+    core.start(second)
+    core.release(first.job, None)  # the old attempt is dropped
+    assert core.held == {(second.job.id, 2)}
+    core.cancel([second.job.id])
+    assert second.job.cancel_reason == "cancel"

@@ -18,8 +18,8 @@ from worker_helpers import KINDS, start_worker
 
 from pgq_sa import Queue
 from pgq_sa._config import make_async_engine
+from pgq_sa._deadlines import StatementDeadline
 from pgq_sa._ops.drive import Operation
-from pgq_sa._worker.deadlines import StatementDeadline
 from pgq_sa._worker.lanes import AsyncioDatabase, SyncDatabase
 
 

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from pgq_sa._config import NetworkSettings, make_async_engine, make_engine
-from pgq_sa._worker.listener import ListenConnection
+from pgq_sa._notifications import ListenConnection
 
 SETTINGS = NetworkSettings(
     keepalive_idle=7, keepalive_interval=3, keepalive_count=4, tcp_user_timeout=9.5

@@ -41,7 +41,7 @@ from pgq_sa._worker.base import Worker
 from pgq_sa._worker.core import fetcher_count
 from pgq_sa._worker.effects import Signal
 from pgq_sa._worker.handlers import failed_around, interrupted, run_in_scope, run_in_thread
-from pgq_sa._worker.lanes import AsyncDatabase, async_database, open_lanes
+from pgq_sa._worker.lanes import AsyncDatabase, async_database, interrupt_claims, open_lanes
 from pgq_sa._worker.options import worker_options
 
 T = TypeVar("T")
@@ -186,13 +186,14 @@ class _Tasks:
 
     def stop(self, *, force: bool = False) -> None:
         if threading.get_ident() == self._loop_thread:
-            self.core.begin_stop(force=force)
+            self._stop_on_loop(force)
         else:
             with contextlib.suppress(RuntimeError):  # the loop already finished
                 anyio.from_thread.run_sync(self._stop_on_loop, force, token=self._token)
 
     def _stop_on_loop(self, force: bool) -> None:
         self.core.begin_stop(force=force)
+        interrupt_claims(self._lanes)
 
     async def run(self) -> None:
         core, worker = self.core, self._worker
@@ -251,16 +252,18 @@ class _Tasks:
 
     async def _perform(self, effect: effects.Effect) -> Any:
         match effect:
-            case effects.Call(operation, lane, number):
+            case effects.Call(operation, lane, number, deadline):
                 if lane is effects.Lane.POOL:
-                    return await self._database.run(operation)
-                return await self._lanes[lane, number].run(operation)
+                    return await self._database.run(operation, deadline)
+                return await self._lanes[lane, number].run(operation, deadline)
             case effects.Wait(signal, timeout):
                 return await self._events[signal].wait(timeout)
             case effects.ListenConnect():
                 return await anyio.to_thread.run_sync(self._listen.connect)
             case effects.ListenWait(timeout):
                 return await self._listen.wait_async(timeout)
+            case effects.ListenPing(timeout):
+                return await anyio.to_thread.run_sync(self._listen.ping, timeout)
             case effects.ListenClose():
                 return self._listen.close()
             case effects.Shutdown(step):
@@ -283,7 +286,7 @@ class _Tasks:
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                self.core.begin_stop(force=self._worker._signalled(signum))
+                self._stop_on_loop(self._worker._signalled(signum))
 
     # --- runners -------------------------------------------------------------------------------
 

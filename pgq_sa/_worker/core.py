@@ -38,6 +38,9 @@ MAX_FINISH_BATCH = 1000
 HANDOVER_SECONDS = 0.05
 # A fetcher's claims run on lanes of their own; at most this many fetchers claim at once.
 MAX_FETCHERS = 8
+# The deadline of the statements a stopping worker sends last (final writes, hand-back,
+# deregister): a dead database delays a stop by seconds, not by statement_timeouts.
+FINAL_DEADLINE = 2.0
 
 
 class Runtime(Protocol):
@@ -106,8 +109,13 @@ class WorkerCore:
     completer_closing: bool = False
     registered: bool = False
     reached: bool = False  # some database call succeeded
-    running: dict[int, Job] = field(default_factory=dict)
-    held: set[int] = field(default_factory=set)  # claimed and not yet written (or dropped)
+    # A claim carrying outcomes failed: claims go without them until the completer has written
+    # (a row locked elsewhere must not hold every claim behind it).
+    piggyback_paused: bool = False
+    # Keyed by (job id, attempt): after a rescue, one worker may run an old attempt of a job
+    # (its lease lost) beside the new one it claimed again.
+    running: dict[tuple[int, int], Job] = field(default_factory=dict)
+    held: set[tuple[int, int]] = field(default_factory=set)  # claimed, not written or dropped
     pending: list[Outcome] = field(default_factory=list)
     problems: Problems = field(default_factory=Problems)
     clock: Callable[[], float] = time.time
@@ -139,7 +147,7 @@ class WorkerCore:
         self.busy += limit
         self.claiming += 1
         piggyback = None
-        if self.piggyback and self.pending:
+        if self.piggyback and not self.piggyback_paused and self.pending:
             piggyback = self.pending[:MAX_FINISH_BATCH]
             del self.pending[:MAX_FINISH_BATCH]
             self.taken += len(piggyback)
@@ -150,8 +158,18 @@ class WorkerCore:
         """A claim gave up (the worker is stopping): free its slots, keep its outcomes."""
         self.record_claim(reservation, [])
         if reservation.piggyback:
-            self.pending[:0] = reservation.piggyback
-            self.runtime.set(Signal.OUTCOME_READY)
+            self.outcomes_back(reservation.piggyback)
+
+    def outcomes_back(self, batch: list[Outcome]) -> None:
+        """Outcomes a claim took along and could not write go back to the completer, and claims
+        stop taking outcomes along until it has written some."""
+        self.pending[:0] = batch
+        self.piggyback_paused = True
+        self.runtime.set(Signal.OUTCOME_READY)
+
+    @property
+    def final_deadline(self) -> float:
+        return min(self.options.statement_timeout, FINAL_DEADLINE)
 
     def record_claim(self, reservation: Reservation, claimed: list[Claimed]) -> ClaimResult:
         """Account for a claim's jobs and hand them to the runners."""
@@ -159,8 +177,9 @@ class WorkerCore:
         self.busy -= reservation.limit - len(claimed)
         self.unwritten += len(claimed)
         for item in claimed:
-            self.running[item.job.id] = item.job
-            self.held.add(item.job.id)
+            key = (item.job.id, item.job.attempt)
+            self.running[key] = item.job
+            self.held.add(key)
         if claimed:
             self.runtime.dispatch(claimed)
         if len(claimed) < reservation.limit:
@@ -211,6 +230,10 @@ class WorkerCore:
         self.identity = self.identity.next()
         self.held.clear()
 
+    def held_ids(self) -> list[int]:
+        """The ids of the jobs this worker knows it holds (what a stray hand-back keeps)."""
+        return sorted({job_id for job_id, _ in self.held})
+
     def mark_registered(self) -> None:
         self.registered = True
         self.runtime.set(Signal.REGISTERED)
@@ -232,11 +255,11 @@ class WorkerCore:
     def release(self, job: Job, outcome: Outcome | None) -> None:
         """A runner is done with ``job``: its outcome waits to be written; None (not started,
         or interrupted by the shutdown) leaves the job to the hand-back."""
-        self.running.pop(job.id, None)
+        self.running.pop((job.id, job.attempt), None)
         self.busy -= 1
         if outcome is None or job.cancel_reason == "shutdown":
             self.unwritten -= 1
-            self.held.discard(job.id)
+            self.held.discard((job.id, job.attempt))
         else:
             self.pending.append(outcome)
             self.runtime.set(Signal.OUTCOME_READY)
@@ -244,9 +267,9 @@ class WorkerCore:
 
     def cancel(self, job_ids: Iterable[int]) -> None:
         """Cancellation was requested for these jobs: stop the ones running here."""
-        for job_id in job_ids:
-            job = self.running.get(job_id)
-            if job is not None and not job.cancelled:
+        wanted = set(job_ids)
+        for job in [job for (job_id, _), job in self.running.items() if job_id in wanted]:
+            if not job.cancelled:
                 log.info("job %s: cancellation requested", job.id)
                 job.request_cancel("cancel")
                 self.runtime.interrupt(job)
@@ -266,8 +289,10 @@ class WorkerCore:
         """Account for a batch of outcomes the database has (or, closing, never will have), and
         wake what the write may concern."""
         self.unwritten -= len(batch)
-        self.held.difference_update(outcome.job_id for outcome in batch)
+        self.held.difference_update((outcome.job_id, outcome.attempt) for outcome in batch)
         self.writes += 1
+        if finished is not None:
+            self.piggyback_paused = False
         self.processed += len(batch)
         self.runtime.set(Signal.SLOT_FREED)
         if self.until_empty or self.options.limited_tasks:

@@ -49,11 +49,13 @@ class Lane(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """Run ``operation`` once on ``lane`` (fetcher lanes: of fetcher ``fetcher``)."""
+    """Run ``operation`` once on ``lane`` (fetcher lanes: of fetcher ``fetcher``), within
+    ``deadline`` seconds (None: the worker's ``statement_timeout``)."""
 
     operation: Operation[Any]
     lane: Lane = Lane.POOL
     fetcher: int = 0
+    deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,14 @@ class ListenWait:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenPing:
+    """Ask the LISTEN connection's server for an answer within ``timeout`` seconds (an error is
+    thrown in when none comes: the connection is then replaced)."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
 class ListenClose:
     """Close the LISTEN connection (never raises)."""
 
@@ -96,5 +106,5 @@ class Shutdown:
     step: ShutdownStep
 
 
-Effect = Call | Wait | ListenConnect | ListenWait | ListenClose | Shutdown
+Effect = Call | Wait | ListenConnect | ListenWait | ListenPing | ListenClose | Shutdown
 Service = Generator[Effect, Any, T]

@@ -22,12 +22,12 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from pgq_sa import _deadlines as deadlines
 from pgq_sa import _decisions as decisions
 from pgq_sa._decisions import JobCancelled, JobTimeout, Outcome
 from pgq_sa._events import EventHub
 from pgq_sa._job import Job
 from pgq_sa._tasks import TaskDefinition
-from pgq_sa._worker import deadlines
 
 log = logging.getLogger("pgq_sa.worker")
 

@@ -28,6 +28,7 @@ statements (:mod:`pgq_sa._worker.driver_path`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -37,10 +38,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from pgq_sa import _deadlines as deadlines
 from pgq_sa._config import make_async_engine, make_engine
+from pgq_sa._deadlines import DEFAULT_STATEMENT_TIMEOUT
 from pgq_sa._ops.drive import Operation, T, run_async, run_sync
-from pgq_sa._worker import deadlines, driver_path
-from pgq_sa._worker.deadlines import DEFAULT_STATEMENT_TIMEOUT
+from pgq_sa._worker import driver_path
 from pgq_sa._worker.effects import Lane
 
 # Session settings of the lanes, as (name, value); each is RESET when the lane closes.
@@ -78,17 +80,20 @@ class SyncLane:
         self._transactional = transactional
         self._deadline = deadline
         self._connection: Connection | None = None
+        self._guard: deadlines.Guard | None = None  # the statement in flight, if any
 
-    def run(self, operation: Operation[T]) -> T:
+    def run(self, operation: Operation[T], deadline: float | None = None) -> T:
+        seconds = deadline or self._deadline
         try:
             if self._connection is None:
                 self._connection = self._engine.connect()
-                with deadlines.guard(self._connection.connection.dbapi_connection, self._deadline):
+                with deadlines.guard(self._connection.connection.dbapi_connection, seconds):
                     for name, value in self._setup:
                         self._connection.exec_driver_sql(f"SET {name} = {value}")
                     if self._connection.in_transaction():
                         self._connection.commit()  # session settings outlive it
-            with deadlines.guard(self._connection.connection.dbapi_connection, self._deadline):
+            with deadlines.guard(self._connection.connection.dbapi_connection, seconds) as guard:
+                self._guard = guard
                 if self._transactional:
                     with self._connection.begin():
                         return run_sync(self._connection, operation)
@@ -96,6 +101,14 @@ class SyncLane:
         except BaseException:
             self.close(broken=True)
             raise
+        finally:
+            self._guard = None
+
+    def interrupt(self) -> None:
+        """Cut the statement in flight now, if any (from another thread): it fails at once."""
+        guard = self._guard
+        if guard is not None:
+            guard.cut_now()
 
     def close(self, *, broken: bool = False) -> None:
         connection, self._connection = self._connection, None
@@ -129,13 +142,14 @@ class AsyncLane:
         self._setup = (*setup, _server_deadline(deadline))
         self._transactional = transactional
         self._deadline = deadline
+        self._scope: Any = None  # the cancel scope of the statement in flight, if any
         self._statements = compiled  # autocommit lanes on asyncpg: see workers/driver_path.py
         self._connection: AsyncConnection | None = None
         self._driver: driver_path.PreparedConnection | None = None
 
-    async def run(self, operation: Operation[T]) -> T:
+    async def run(self, operation: Operation[T], deadline: float | None = None) -> T:
         try:
-            with deadlines.async_guard(self._deadline):
+            with deadlines.async_guard(deadline or self._deadline) as self._scope:
                 connection = self._connection or await self._open()
                 if self._transactional:
                     async with connection.begin():
@@ -146,6 +160,13 @@ class AsyncLane:
         except BaseException:
             await self.close(broken=True)
             raise
+        finally:
+            self._scope = None
+
+    def interrupt(self) -> None:
+        """End the statement in flight now, if any, as if its deadline had passed."""
+        if self._scope is not None:
+            self._scope.deadline = -math.inf
 
     async def _open(self) -> AsyncConnection:
         self._driver = None
@@ -183,8 +204,13 @@ class ThreadedLane:
         self._lane = lane
         self._limiter = limiter
 
-    async def run(self, operation: Operation[T]) -> T:
-        return await anyio.to_thread.run_sync(self._lane.run, operation, limiter=self._limiter)
+    async def run(self, operation: Operation[T], deadline: float | None = None) -> T:
+        return await anyio.to_thread.run_sync(
+            self._lane.run, operation, deadline, limiter=self._limiter
+        )
+
+    def interrupt(self) -> None:
+        self._lane.interrupt()
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -198,10 +224,12 @@ class SyncDatabase:
         self.url = engine.url
         self.deadline = deadline
 
-    def run(self, operation: Operation[T]) -> T:
+    def run(self, operation: Operation[T], deadline: float | None = None) -> T:
         with self.engine.connect() as connection:
             try:
-                with deadlines.guard(connection.connection.dbapi_connection, self.deadline):
+                with deadlines.guard(
+                    connection.connection.dbapi_connection, deadline or self.deadline
+                ):
                     return run_sync(connection, operation)
             except deadlines.StatementDeadline:
                 connection.invalidate()
@@ -228,10 +256,10 @@ class AsyncioDatabase:
         supported = driver_path.supported(dialect)
         self._compiled = driver_path.StatementCache(dialect) if supported else None
 
-    async def run(self, operation: Operation[T]) -> T:
+    async def run(self, operation: Operation[T], deadline: float | None = None) -> T:
         async with self.engine.connect() as connection:
             try:
-                with deadlines.async_guard(self.deadline):
+                with deadlines.async_guard(deadline or self.deadline):
                     return await run_async(connection, operation)
             except deadlines.StatementDeadline:
                 with anyio.CancelScope(shield=True):
@@ -261,8 +289,10 @@ class ThreadedDatabase:
         self._limiter = anyio.CapacityLimiter(threads)
         self.url = engine.url
 
-    async def run(self, operation: Operation[T]) -> T:
-        return await anyio.to_thread.run_sync(self._sync.run, operation, limiter=self._limiter)
+    async def run(self, operation: Operation[T], deadline: float | None = None) -> T:
+        return await anyio.to_thread.run_sync(
+            self._sync.run, operation, deadline, limiter=self._limiter
+        )
 
     def describe(self) -> str:
         return self._sync.describe() + " in worker threads"
@@ -307,6 +337,14 @@ def open_lanes(
     lanes[Lane.FINISH, 0] = database.lane(_SETTINGS[Lane.FINISH])
     lanes[Lane.HEARTBEAT, 0] = database.lane(_SETTINGS[Lane.HEARTBEAT], deadline=heartbeat_deadline)
     return lanes
+
+
+def interrupt_claims(lanes: dict[tuple[Lane, int], Any]) -> None:
+    """A stopping worker does not wait for claims in flight (a claim may never be answered on a
+    dead network): cut them. What a cut claim took is handed back at shutdown."""
+    for (lane, _), kept in lanes.items():
+        if lane in (Lane.CLAIM, Lane.LIMITED):
+            kept.interrupt()
 
 
 def sync_engine(bind: Engine | str | URL) -> tuple[Engine, bool]:

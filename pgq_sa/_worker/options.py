@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pgq_sa import _validation as validation
+from pgq_sa._deadlines import DEFAULT_STATEMENT_TIMEOUT
 from pgq_sa._queue import Queue
 from pgq_sa._tasks import TaskDefinition
-from pgq_sa._worker.deadlines import DEFAULT_STATEMENT_TIMEOUT
 
 
 @dataclass(frozen=True)

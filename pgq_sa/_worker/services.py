@@ -31,6 +31,7 @@ from pgq_sa._worker.effects import (
     Lane,
     ListenClose,
     ListenConnect,
+    ListenPing,
     ListenWait,
     Service,
     Shutdown,
@@ -50,6 +51,9 @@ T = TypeVar("T")
 DATABASE_ERRORS = (DBAPIError, psycopg.Error, OSError)
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 LISTEN_WAIT = 0.5  # the longest the listener waits before looking at the stop flags again
+# Silent for this long, the LISTEN connection is asked for an answer: a peer that vanished is
+# found out within this plus statement_timeout, keepalives or not.
+LISTEN_PING_EVERY = 5.0
 PRUNE_BATCH = 1000
 # Maintenance rounds between two passes of the workflow straggler sweep.
 SETTLE_EVERY = 6
@@ -64,12 +68,14 @@ def retrying(
     fetcher: int = 0,
     *,
     give_up: Signal = Signal.CLOSING,
+    deadline: Callable[[], float | None] = lambda: None,
 ) -> Service[T | None]:
     """Run one operation, retrying with backoff while the database is unreachable; None when
-    the worker gave up (``give_up`` was set, it is closing, or it was forced to stop)."""
+    the worker gave up (``give_up`` was set, it is closing, or it was forced to stop).
+    ``deadline`` gives each attempt's deadline (None: the worker's statement_timeout)."""
     for attempt in range(10**9):
         try:
-            result = yield Call(operation(), lane, fetcher)
+            result = yield Call(operation(), lane, fetcher, deadline())
         except DATABASE_ERRORS as error:
             core.failures += 1
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
@@ -88,9 +94,10 @@ def retrying(
 
 
 def once(core: WorkerCore, what: str, operation: Callable[[], Operation[T]]) -> Service[T | None]:
-    """Run one operation once (at shutdown): a failure is logged, not retried."""
+    """Run one operation once, within the final deadline (at shutdown): a failure is logged,
+    not retried."""
     try:
-        result = yield Call(operation())
+        result = yield Call(operation(), deadline=core.final_deadline)
     except DATABASE_ERRORS as error:
         log.warning("%s at shutdown: %s (the rescue recovers any held jobs)", what, brief(error))
         return None
@@ -180,22 +187,26 @@ def _claim(
     options, statements = core.options, core.statements
     limit, batch = reservation.limit, reservation.piggyback
     if batch is not None:
-        answer = yield from retrying(
-            core,
-            "claim",
-            lambda: protocol.finish_and_claim(
-                statements, core.worker_id, batch, options.free_tasks, options.queues, limit
-            ),
-            Lane.CLAIM,
-            number,
-            give_up=Signal.STOPPING,
+        operation = protocol.finish_and_claim(
+            statements, core.worker_id, batch, options.free_tasks, options.queues, limit
         )
-        if answer is None:
-            return None
-        finished, claims = answer
-        core.written(batch, finished)
-        core.claim_answered(claims.alive)
-        return claims.jobs
+        try:
+            answer: tuple[protocol.Finished, protocol.Claims] = yield Call(
+                operation, Lane.CLAIM, number
+            )
+            finished, claims = answer
+        except DATABASE_ERRORS as error:
+            # Tried once: the outcomes go back to the completer (a row locked elsewhere must not
+            # hold every claim behind it), and the claim is retried without them.
+            core.failures += 1
+            core.problems.failed("claim", error, 0.0, core.hint(error))
+            core.outcomes_back(batch)
+        else:
+            core.reached = True
+            core.problems.recovered("claim")
+            core.written(batch, finished)
+            core.claim_answered(claims.alive)
+            return claims.jobs
     claimed: list[protocol.Claimed] = []
     if options.limited_tasks:
         limited = yield from retrying(
@@ -237,7 +248,7 @@ def _return_strays(core: WorkerCore) -> Service[None]:
     fetcher is between a claim and recording its jobs, hand back what nobody here knows of."""
     while core.claiming and not core.closing:
         yield Wait(Signal.CLOSING, 0.05)
-    keep = sorted(core.held)
+    keep = core.held_ids()
     yield from retrying(  # once stopping, the final hand-back does it
         core,
         "hand back",
@@ -272,6 +283,7 @@ def completer(core: WorkerCore) -> Service[None]:
             lambda batch=batch: protocol.finish(core.statements, core.worker_id, batch),  # type: ignore[misc]
             Lane.FINISH,
             give_up=Signal.FINAL,
+            deadline=lambda: core.final_deadline if core.completer_closing else None,
         )
         core.written(batch, finished)
 
@@ -383,6 +395,7 @@ def listener(core: WorkerCore) -> Service[None]:
     task_names = core.options.task_names
     connected = False
     failures = 0
+    heard = time.monotonic()
     while not core.closing:
         try:
             if not connected:
@@ -397,6 +410,11 @@ def listener(core: WorkerCore) -> Service[None]:
                 if due is not None:
                     core.wake_at(due)
             messages: list[Message] = yield ListenWait(LISTEN_WAIT)
+            if messages:
+                heard = time.monotonic()
+            elif time.monotonic() - heard >= LISTEN_PING_EVERY:
+                yield ListenPing(core.options.statement_timeout)  # still there?
+                heard = time.monotonic()
             for message in messages:
                 if message.reason == "cancel" and message.job_id is not None:
                     core.cancel([message.job_id])

@@ -30,14 +30,14 @@ from pgq_sa._ops.worker import Claimed
 from pgq_sa._queue import Queue
 from pgq_sa._schema import notify_channel
 from pgq_sa._tasks import TaskDefinition
+from pgq_sa._timers import TimerThread
 from pgq_sa._worker import effects, services, transactional
 from pgq_sa._worker.base import Worker
 from pgq_sa._worker.core import fetcher_count
 from pgq_sa._worker.effects import Signal
 from pgq_sa._worker.handlers import failed_around, run_async_handler
-from pgq_sa._worker.lanes import SyncDatabase, open_lanes, sync_engine
+from pgq_sa._worker.lanes import SyncDatabase, interrupt_claims, open_lanes, sync_engine
 from pgq_sa._worker.options import worker_options
-from pgq_sa._worker.timers import TimerThread
 
 T = TypeVar("T")
 
@@ -159,6 +159,7 @@ class _Threads:
     def stop(self, *, force: bool = False) -> None:
         with self._lock:
             self.core.begin_stop(force=force)
+        interrupt_claims(self._lanes)
 
     def run(self) -> None:
         core, options = self.core, self._worker.options
@@ -215,16 +216,18 @@ class _Threads:
 
     def _perform(self, effect: effects.Effect) -> Any:
         match effect:
-            case effects.Call(operation, lane, number):
+            case effects.Call(operation, lane, number, deadline):
                 if lane is effects.Lane.POOL:
-                    return self._database.run(operation)
-                return self._lanes[lane, number].run(operation)
+                    return self._database.run(operation, deadline)
+                return self._lanes[lane, number].run(operation, deadline)
             case effects.Wait(signal, timeout):
                 return self._events[signal].wait(timeout)
             case effects.ListenConnect():
                 return self._listen.connect()
             case effects.ListenWait(timeout):
                 return self._listen.wait(timeout)
+            case effects.ListenPing(timeout):
+                return self._listen.ping(timeout)
             case effects.ListenClose():
                 return self._listen.close()
             case effects.Shutdown(step):

@@ -23,7 +23,7 @@ import time
 from sqlalchemy import text
 
 from pgq_sa._config import NetworkSettings, make_async_engine, make_engine
-from pgq_sa._worker.listener import ListenConnection
+from pgq_sa._notifications import ListenConnection
 
 FAST = NetworkSettings(
     keepalive_idle=1, keepalive_interval=1, keepalive_count=2, tcp_user_timeout=3, connect_timeout=2

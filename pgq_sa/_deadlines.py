@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from pgq_sa._worker.timers import TimerThread
+from pgq_sa._timers import TimerThread
 
 DEFAULT_STATEMENT_TIMEOUT = 10.0
 
@@ -85,41 +85,48 @@ def _server_timeout(error: BaseException) -> bool:
     )
 
 
+class Guard:
+    """One guarded statement: cut when its deadline passes, or at once by :meth:`cut_now` (a
+    worker that stops does not wait for a claim that may never be answered)."""
+
+    def __init__(self, descriptor: int | None) -> None:
+        self._descriptor = descriptor
+        self.fired = threading.Event()
+
+    def cut_now(self) -> None:
+        if self._descriptor is not None and not self.fired.is_set():
+            self.fired.set()
+            _cut(self._descriptor)
+
+
 @contextlib.contextmanager
-def guard(dbapi_connection: Any, seconds: float) -> Iterator[None]:
+def guard(dbapi_connection: Any, seconds: float) -> Iterator[Guard]:
     """Cut ``dbapi_connection`` if the block takes longer than ``seconds``; then raise
-    :class:`StatementDeadline` from whatever the driver raised."""
-    descriptor = _socket_of(dbapi_connection)
-    if descriptor is None:  # an unknown driver: only the server-side statement_timeout applies
-        yield
-        return
-    fired = threading.Event()
-
-    def expire() -> None:
-        fired.set()
-        _cut(descriptor)
-
+    :class:`StatementDeadline` from whatever the driver raised. An unknown driver (no socket to
+    cut) gets only the server-side ``statement_timeout``."""
+    current = Guard(_socket_of(dbapi_connection))
     watchdog = timers()
-    handle = watchdog.call_later(seconds, expire)
+    handle = watchdog.call_later(seconds, current.cut_now)
     try:
-        yield
+        yield current
     except Exception as error:
-        if fired.is_set() or _server_timeout(error):
+        if current.fired.is_set() or _server_timeout(error):
             raise StatementDeadline(seconds) from error
         raise
     finally:
         watchdog.cancel(handle)
-    if fired.is_set():  # answered as the deadline passed: the connection is cut all the same
+    if current.fired.is_set():  # answered as the deadline passed: the connection is cut anyway
         raise StatementDeadline(seconds)
 
 
 @contextlib.contextmanager
-def async_guard(seconds: float) -> Iterator[None]:
-    """The same for an awaited statement: cancel it after ``seconds``."""
+def async_guard(seconds: float) -> Iterator[Any]:
+    """The same for an awaited statement: cancel it after ``seconds`` (or at once, by setting
+    the yielded cancel scope's deadline to the past)."""
     import anyio
 
     try:
-        with anyio.fail_after(seconds):
-            yield
+        with anyio.fail_after(seconds) as scope:
+            yield scope
     except TimeoutError as error:
         raise StatementDeadline(seconds) from error
