@@ -7,6 +7,14 @@ and an anyio worker (asyncio or trio) run them with the same SQL.
 
 import logging
 
+from pgq_sa._errors import (
+    ConfigurationError,
+    DatabaseMissing,
+    DatabaseUnreachable,
+    PgqError,
+    SchemaMissing,
+    SchemaOutdated,
+)
 from pgq_sa._job import Job, JobError, JobInfo, JobSpec, Retry
 from pgq_sa._queue import Queue
 from pgq_sa._schema import JobStatus
@@ -15,14 +23,20 @@ from pgq_sa._worker import AsyncWorker, ThreadWorker
 
 __all__ = [
     "AsyncWorker",
+    "ConfigurationError",
+    "DatabaseMissing",
+    "DatabaseUnreachable",
     "Job",
     "JobError",
     "JobInfo",
     "JobSpec",
     "JobStatus",
+    "PgqError",
     "Queue",
     "RateLimit",
     "Retry",
+    "SchemaMissing",
+    "SchemaOutdated",
     "ThreadWorker",
 ]
 __version__ = "0.1.0"

@@ -16,15 +16,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from pgq_sa._errors import ConfigurationError as ConfigurationError  # its former home
+
 URL_VARIABLES = ("PGQ_SA_DATABASE_URL", "DATABASE_URL")
 SCHEMA_VARIABLE = "PGQ_SA_SCHEMA"
 
 _SYNC_DRIVERS = {"psycopg"}
 _ASYNC_DRIVERS = {"asyncpg", "psycopg"}
-
-
-class ConfigurationError(RuntimeError):
-    """No usable database could be found from the arguments, environment or extras."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
+from pgq_sa._errors import PgqError
 from pgq_sa._schema import DEFAULT_SCHEMA, VERSION_TABLE, build_tables, validate_schema_name
 from pgq_sa._steps import STEPS, Step
 
@@ -51,7 +52,7 @@ _SCHEMA_ATTRIBUTE = "pgq_sa_schema"
 _REVISIONS = [step.revision for step in STEPS]
 
 
-class MigrationError(RuntimeError):
+class MigrationError(PgqError, RuntimeError):
     """The database's queue schema is in a state these migrations cannot move from."""
 
 
