@@ -1,10 +1,39 @@
-"""Developer sessions: tests (both servers), lint, demo, bench, faults, soak."""
+"""Developer sessions: tests (both servers), the support matrix, lint, demo, bench, faults, soak."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
+
+# The declared support range, tested: every Python from 3.10 to 3.13 with SQLAlchemy's oldest
+# 2.0 we declare, the newest 2.0 and the newest 2.1 (2.1 needs Python 3.11).
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+SQLALCHEMY = {
+    "lowest": "sqlalchemy[asyncio]==2.0.53",
+    "2.0": "sqlalchemy[asyncio]>=2.0.53,<2.1",
+    "2.1": "sqlalchemy[asyncio]>=2.1,<2.2",
+}
+OLDEST = "tests_matrix-3.10(sqlalchemy='lowest')"
+NEWEST = "tests_matrix-3.13(sqlalchemy='2.1')"
+
+
+def _pyenv_interpreters() -> None:
+    """Let nox find pyenv's Pythons by their versioned names (python3.10, ...): pyenv's shims
+    answer only for the versions PYENV_VERSION names."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if "PYENV_VERSION" in os.environ or not versions.is_dir():
+        return
+    installed = sorted(p.name for p in versions.iterdir() if p.name.startswith("3."))
+    wanted = [v for v in installed if any(v.startswith(p + ".") for p in PYTHONS)]
+    pinned = versions.parent / "version"  # pyenv's global choice stays the plain python3
+    default = pinned.read_text().split()[:1] if pinned.is_file() else []
+    if wanted:
+        os.environ["PYENV_VERSION"] = ":".join([*default, *wanted])
+
+
+_pyenv_interpreters()
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -29,6 +58,21 @@ def tests(session: nox.Session) -> None:
         _suite(session, server)
     session.log("suite on the embedded PostgreSQL")
     _suite(session, "")
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("sqlalchemy", list(SQLALCHEMY))
+def tests_matrix(session: nox.Session, sqlalchemy: str) -> None:
+    """The suite on one Python with one SQLAlchemy, on one server: PGQ_SA_TEST_DATABASE_URL's
+    when set, else the embedded one. `nox -s tests_matrix` runs every pair;
+    `nox -s "tests_matrix-3.10(sqlalchemy='lowest')"` one of them."""
+    if sqlalchemy == "2.1" and session.python == "3.10":
+        session.skip("SQLAlchemy 2.1 needs Python 3.11 or newer")
+    session.install("-e", ".[dev]", SQLALCHEMY[sqlalchemy])
+    session.run(
+        "python", "-c", "import sqlalchemy, sys; print(sys.version, sqlalchemy.__version__)"
+    )
+    _suite(session, os.environ.get("PGQ_SA_TEST_DATABASE_URL", ""))
 
 
 @nox.session

@@ -20,7 +20,6 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pgq_sa import migrations
 from pgq_sa._config import make_engine, resolve_url, schema_from_environment
 from pgq_sa._errors import PgqError, explain
 from pgq_sa._queue import Queue

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import anyio
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from sqlalchemy.engine import URL
 
-from pgq_sa._config import sync_url
+from pgq_sa._config import libpq_conninfo
 
 log = logging.getLogger("pgq_sa.listener")
 
@@ -71,8 +72,11 @@ def decode(channel: str, payload: str) -> Message:
 
 
 def conninfo(url: str | URL) -> str:
-    """A libpq connection string for ``url`` (any SQLAlchemy PostgreSQL URL)."""
-    return sync_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """A libpq connection string for ``url`` (any SQLAlchemy PostgreSQL URL, of any driver): its
+    address, credentials and only the options libpq understands (``sslmode``,
+    ``application_name``...; asyncpg's ``ssl=`` as ``sslmode=``); driver options such as
+    ``prepared_statement_cache_size`` never reach libpq."""
+    return make_conninfo("", **libpq_conninfo(url))
 
 
 class ListenConnection:
