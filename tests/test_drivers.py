@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from helpers import count_jobs
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -21,8 +22,6 @@ from sqlalchemy.orm import Session
 from pgq_sa import AsyncWorker, JobStatus, Queue, ThreadWorker
 from pgq_sa._config import async_url, asyncpg_connect_args, make_async_engine, sync_url
 from pgq_sa._worker.listener import ListenConnection, conninfo
-
-from helpers import count_jobs
 
 SYNC_DRIVERS = ["psycopg2", "pg8000", "psycopg"]
 ASYNC_DRIVERS = ["asyncpg", "psycopg"]
@@ -96,7 +95,7 @@ def test_enqueue_joins_the_async_session_transaction(async_driver_url, engine):
     assert queue.get(engine, job_id).payload == {"n": 2}
 
 
-# --- workers given an engine of each driver --------------------------------------------------------
+# --- workers given an engine of each driver ------------------------------------------------------
 
 
 def _enqueue_both(queue, engine):
@@ -142,7 +141,7 @@ def test_async_worker_on_an_async_engine_of_each_driver(async_driver_url, engine
     assert _all_succeeded(queue, engine, ids)
 
 
-# --- driver options in URLs ------------------------------------------------------------------------
+# --- driver options in URLs ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -155,7 +154,8 @@ def test_async_worker_on_an_async_engine_of_each_driver(async_driver_url, engine
              "dbname": "app", "sslmode": "require"},
         ),
         ("postgresql+asyncpg://u@h/app?ssl=true", {"sslmode": "require"}),
-        ("postgresql+asyncpg://u@h/app?ssl=disable&sslmode=verify-full", {"sslmode": "verify-full"}),
+        ("postgresql+asyncpg://u@h/app?ssl=disable&sslmode=verify-full",
+         {"sslmode": "verify-full"}),
         ("postgresql+psycopg2://u@h/app?sslmode=verify-full&sslrootcert=/etc/ca.pem",
          {"sslmode": "verify-full", "sslrootcert": "/etc/ca.pem"}),
         ("postgresql://u@h/app?application_name=billing&prepared_statement_cache_size=100",
