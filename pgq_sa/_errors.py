@@ -138,8 +138,8 @@ def explain(
     other schemas are not ours), ``url`` where the caller tried to connect (for the message)."""
     if isinstance(error, PgqError):
         return error
-    if not isinstance(error, (DBAPIError, OSError)):
-        return None
+    if not isinstance(error, (DBAPIError, OSError)) or isinstance(error, TimeoutError):
+        return None  # a TimeoutError is an OSError, but one of pgq_sa's own (Queue.wait)
     state = _sqlstate(error)
     text = _message(error)
     missing_database = _DATABASE_MISSING.search(text)
