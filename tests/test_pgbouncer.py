@@ -148,7 +148,8 @@ def test_check_through_transaction_pooling_warns(make_engine, through):
     finally:
         bounced.dispose()
     assert warning is not None
-    assert "transaction mode" in warning and "pool_mode = session" in warning
+    assert "transaction mode" in warning
+    assert "pool_mode = session" in warning
 
 
 @pytest.mark.parametrize("unique_names", [True, False])
@@ -164,5 +165,6 @@ def test_async_check_through_transaction_pooling_warns(through, database_url, un
         return results
 
     through_bouncer, direct = anyio.run(main, backend="asyncio")
-    assert through_bouncer is not None and "transaction mode" in through_bouncer
+    assert through_bouncer is not None
+    assert "transaction mode" in through_bouncer
     assert direct is None
