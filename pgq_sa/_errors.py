@@ -69,6 +69,7 @@ _COLUMN_MISSING = re.compile(r'column (?:"?[\w.]+"?\.)?"?(?P<column>\w+)"? (?:of
 _ENUM_VALUE = re.compile(r"invalid input value for enum (?P<enum>[\w.\"]+)")
 _UNREACHABLE = (
     "connection refused",
+    "can't create a connection",
     "could not connect",
     "connect call failed",
     "could not translate host name",
@@ -85,12 +86,18 @@ _UNREACHABLE = (
 _FIRST_TABLES = frozenset({"jobs", "workers", "queues", "task_limits", "schedules"})
 
 
-def _sqlstate(error: BaseException) -> str | None:
-    """The SQLSTATE of ``error`` or of its causes, wherever the driver keeps it."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of ``error`` or of its causes, wherever the driver keeps it."""
+    for current in _causes(error):
         for attribute in ("sqlstate", "pgcode"):  # psycopg and asyncpg; psycopg2
             value = getattr(current, attribute, None)
             if isinstance(value, str) and len(value) == 5:
@@ -98,7 +105,6 @@ def _sqlstate(error: BaseException) -> str | None:
         first = current.args[0] if current.args else None
         if isinstance(first, dict) and isinstance(first.get("C"), str):  # pg8000
             return str(first["C"])
-        current = getattr(current, "orig", None) or current.__cause__
     return None
 
 
@@ -124,8 +130,8 @@ def _where(url: URL | None) -> str:
 def _is_connection_error(error: BaseException, state: str | None, text: str) -> bool:
     if state is not None:
         return state.startswith("08") or state in {"57P03", "57P01"}
-    if isinstance(error, OSError):  # asyncpg raises these from connect() unwrapped
-        return True
+    if any(isinstance(cause, OSError) for cause in _causes(error)):  # refused, no such host...
+        return True  # (asyncpg raises them from connect() unwrapped, pg8000 as their cause)
     lowered = text.lower()
     return any(phrase in lowered for phrase in _UNREACHABLE)
 

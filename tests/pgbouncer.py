@@ -70,7 +70,7 @@ ignore_startup_parameters = extra_float_digits
     )
     command = [BINARY, str(config)]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root: it reads its files, then switches
-        command[1:1] = ["-u", "postgres" if _exists("postgres") else "nobody"]
+        command[1:1] = ["-u", _account(server)]
     log = folder / "pgbouncer.log"
     with log.open("wb") as output:  # its log goes to stderr: a file, never a pipe nobody reads
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -90,9 +90,16 @@ ignore_startup_parameters = extra_float_digits
             process.wait()
 
 
-def _exists(account: str) -> bool:
-    try:
-        pwd.getpwnam(account)
-    except KeyError:
-        return False
-    return True
+def _account(server: URL) -> str:
+    """Who PgBouncer runs as: the owner of the server's socket folder (so it may connect there),
+    else ``postgres``, else ``nobody``."""
+    socket_dir = server.query.get("host") if not server.host else None
+    if isinstance(socket_dir, str) and Path(socket_dir).is_dir():
+        return pwd.getpwuid(Path(socket_dir).stat().st_uid).pw_name
+    for account in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(account)
+        except KeyError:
+            continue
+        return account
+    raise RuntimeError("no account to run pgbouncer as (it refuses to run as root)")

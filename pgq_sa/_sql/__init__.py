@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables
-from pgq_sa._sql import claim, finish, limits, maintenance, producer, schedules, workers
+from pgq_sa._sql import (
+    claim,
+    finish,
+    limits,
+    maintenance,
+    producer,
+    schedules,
+    settings,
+    workers,
+)
 from pgq_sa._sql.monitoring import MonitoringStatements
 
 
@@ -53,6 +62,10 @@ class Statements:
     fire_schedule: Executable
     list_schedules: Executable
     set_schedule_enabled: Executable
+    read_setting: Executable
+    write_setting: Executable
+    physical_replicas: Executable
+    table_persistence: Executable
     monitoring: MonitoringStatements
 
     @classmethod
@@ -90,5 +103,9 @@ class Statements:
             fire_schedule=schedules.fire_schedule(tables),
             list_schedules=schedules.list_schedules(tables),
             set_schedule_enabled=schedules.set_schedule_enabled(tables),
+            read_setting=settings.read_setting(tables),
+            write_setting=settings.write_setting(tables),
+            physical_replicas=settings.physical_replicas(),
+            table_persistence=settings.table_persistence(tables),
             monitoring=MonitoringStatements.build(tables),
         )
