@@ -134,7 +134,8 @@ def test_door_two_with_its_two_heads(empty_engine, tmp_path):
     assert "down_revision = 'u001'" in generated or 'down_revision = "u001"' in generated
     body = _operations(generated)
     assert "create_table('notes'" in body
-    assert "myjobs" not in body and "pgq" not in body
+    assert "myjobs" not in body
+    assert "pgq" not in body
     with empty_engine.begin() as connection:
         config = _config(project, connection, pgq_branch=True, schema="myjobs", notes=True)
         command.upgrade(config, "heads")

@@ -106,7 +106,8 @@ def test_on_a_schema_older_than_the_settings(empty_engine):
         m.read_durability(empty_engine)
     result = _cli(empty_engine, "db", "durability")
     assert result.exit_code == 1
-    assert "older pgq_sa" in result.output and "Traceback" not in result.output
+    assert "older pgq_sa" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_the_replica_check_runs_on_a_real_server(engine):
@@ -125,7 +126,7 @@ def test_volatile_is_refused_with_a_physical_replica_attached(engine):
     except psycopg.OperationalError as error:
         pytest.skip(f"the server refuses replication connections: {str(error).splitlines()[-1]}")
     try:
-        with pytest.raises(ConfigurationError, match="physical replica.*--force"):
+        with pytest.raises(ConfigurationError, match=r"physical replica.*--force"):
             m.set_durability(engine, "volatile")
         assert m.read_durability(engine) == "durable"
         assert _persistence(engine)["jobs"] == "p"
