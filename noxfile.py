@@ -15,8 +15,6 @@ SQLALCHEMY = {
     "2.0": "sqlalchemy[asyncio]>=2.0.53,<2.1",
     "2.1": "sqlalchemy[asyncio]>=2.1,<2.2",
 }
-OLDEST = "tests_matrix-3.10(sqlalchemy='lowest')"
-NEWEST = "tests_matrix-3.13(sqlalchemy='2.1')"
 
 
 def _pyenv_interpreters() -> None:
