@@ -48,14 +48,16 @@ def verdict(first: int, other: int, again: int) -> str | None:
     )
 
 
-def _shared_prepared_statement(error: DBAPIError) -> str | None:
+def _shared_prepared_statement(error: DBAPIError) -> str:
+    """The warning when ``error`` is a prepared statement met in the wrong server session (as
+    asyncpg's are through a transaction pooler); any other error is raised again."""
     text = str(error.orig).lower()
     if "prepared statement" in text and ("already exists" in text or "does not exist" in text):
         return (
             "the database URL goes through a connection pooler in transaction mode (prepared "
             f"statements of one client showed up in another's server session); {FIX}"
         )
-    return None
+    raise error
 
 
 def check_engine(engine: Engine) -> str | None:
@@ -70,10 +72,7 @@ def check_engine(engine: Engine) -> str | None:
                 again = int(a.execute(query).scalar_one())
                 a.commit()
     except DBAPIError as error:
-        found = _shared_prepared_statement(error)
-        if found is None:
-            raise
-        return found
+        return _shared_prepared_statement(error)
     return verdict(first, other, again)
 
 
@@ -89,8 +88,5 @@ async def check_async_engine(engine: AsyncEngine) -> str | None:
                 again = int((await a.execute(query)).scalar_one())
                 await a.commit()
     except DBAPIError as error:
-        found = _shared_prepared_statement(error)
-        if found is None:
-            raise
-        return found
+        return _shared_prepared_statement(error)
     return verdict(first, other, again)

@@ -4,17 +4,16 @@ with the two heads it brings: ``alembic upgrade heads`` and ``revision --head ap
 
 from __future__ import annotations
 
-import os
 import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import inspect, text
+from test_migrations import _user_config, _user_project
 
 from pgq_sa import Queue
 from pgq_sa import migrations as m
@@ -43,41 +42,19 @@ with context.begin_transaction():
     context.run_migrations()
 """
 
-FIRST = """
-import sqlalchemy as sa
-from alembic import op
-
-revision = "u001"
-down_revision = None
-branch_labels = ("app",)
-depends_on = None
-
-
-def upgrade():
-    op.create_table("accounts", sa.Column("id", sa.Integer, primary_key=True))
-
-
-def downgrade():
-    op.drop_table("accounts")
-"""
-
 
 def _project(folder: Path) -> Path:
-    versions = folder / "versions"
-    versions.mkdir(parents=True)
-    (folder / "env.py").write_text(textwrap.dedent(ENV))
-    shutil.copy(EXAMPLE / "script.py.mako", folder / "script.py.mako")
-    (versions / "u001_accounts.py").write_text(textwrap.dedent(FIRST))
-    return folder
+    """test_migrations' user project (revision u001 on branch ``app``), with an env.py that
+    autogenerates with ``include_schemas=True`` and a real script template."""
+    project = _user_project(folder, own_revision=False)
+    (project / "env.py").write_text(textwrap.dedent(ENV))
+    shutil.copy(EXAMPLE / "script.py.mako", project / "script.py.mako")
+    return project
 
 
 def _config(project: Path, connection, *, pgq_branch: bool, schema: str = "pgq", **attributes):
-    config = Config()
-    config.set_main_option("script_location", str(project))
-    config.set_main_option("path_separator", "os")
-    locations = [str(project / "versions")] + ([m.versions_path()] if pgq_branch else [])
-    config.set_main_option("version_locations", os.pathsep.join(locations))
-    config.attributes.update(connection=connection, pgq_sa_schema=schema, **attributes)
+    config = _user_config(project, connection, with_pgq_branch=pgq_branch)
+    config.attributes.update(pgq_sa_schema=schema, **attributes)
     return config
 
 
@@ -97,7 +74,7 @@ def _operations(source: str) -> str:
 def test_autogenerate_leaves_a_queue_in_any_schema_alone(empty_engine, tmp_path):
     queue = Queue(schema="myjobs")
     m.db_upgrade(empty_engine, schema=queue.schema)  # door 1, in a schema not named pgq
-    project = _project(tmp_path / "project")
+    project = _project(tmp_path)
     with empty_engine.begin() as connection:
         command.upgrade(_config(project, connection, pgq_branch=False), "head")
     with empty_engine.begin() as connection:
@@ -114,7 +91,7 @@ def test_autogenerate_leaves_a_queue_in_any_schema_alone(empty_engine, tmp_path)
 
 
 def test_door_two_with_its_two_heads(empty_engine, tmp_path):
-    project = _project(tmp_path / "project")
+    project = _project(tmp_path)
     with empty_engine.begin() as connection:
         config = _config(project, connection, pgq_branch=True, schema="myjobs")
         heads = ScriptDirectory.from_config(config).get_heads()

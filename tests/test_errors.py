@@ -39,6 +39,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _nowhere(server_url):
+    """The server's URL with a loopback port nothing listens on."""
+    return server_url.set(host="127.0.0.1", port=_free_port()).difference_update_query(["host"])
+
+
 def _explained(error: PgqError, kind: type[PgqError], *needles: str) -> None:
     assert type(error) is kind
     message = str(error)
@@ -122,17 +127,15 @@ def test_database_missing_async(server_url, driver):
 
 @pytest.mark.parametrize("driver", SYNC)
 def test_nothing_listening(server_url, driver):
-    url = server_url.set(host="127.0.0.1", port=_free_port()).difference_update_query(["host"])
     with pytest.raises(DatabaseUnreachable) as caught:
-        _sync_enqueue(url, driver)
+        _sync_enqueue(_nowhere(server_url), driver)
     _explained(caught.value, DatabaseUnreachable, "cannot reach the database at 127.0.0.1:")
 
 
 @pytest.mark.parametrize("driver", ASYNC)
 def test_nothing_listening_async(server_url, driver):
-    url = server_url.set(host="127.0.0.1", port=_free_port()).difference_update_query(["host"])
     with pytest.raises(DatabaseUnreachable) as caught:
-        _async_enqueue(url, driver)
+        _async_enqueue(_nowhere(server_url), driver)
     _explained(caught.value, DatabaseUnreachable, "is the server running")
 
 
@@ -172,10 +175,7 @@ def test_cli_says_the_same(server_url, empty_database_url):
     cases = [
         (server_url.set(database="pgq_sa_no_such_database"), "createdb"),
         (empty_database_url, "pgq-sa db upgrade"),
-        (
-            server_url.set(host="127.0.0.1", port=_free_port()).difference_update_query(["host"]),
-            "cannot reach the database",
-        ),
+        (_nowhere(server_url), "cannot reach the database"),
     ]
     for url, needle in cases:
         rendered = url.render_as_string(hide_password=False)
