@@ -150,7 +150,8 @@ def async_url(value: str | URL) -> URL:
     if driver != "asyncpg":
         return url
     if "sslmode" in url.query:
-        mode = url.query["sslmode"]
+        given = url.query["sslmode"]
+        mode = given if isinstance(given, str) else given[-1]
         url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
     return url.difference_update_query(LIBPQ_OPTIONS - _ASYNCPG_TAKES)
 

@@ -3,6 +3,7 @@ predicates written as literals (for generic plans), wake-up and finished-job NOT
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -68,8 +69,8 @@ def claimed_types(tables: QueueTables) -> list[ColumnClause[Any]]:
     return [column(name, tables.jobs.c[name].type) for name in CLAIMED_COLUMNS]
 
 
-def one_second() -> ColumnElement[object]:
-    return literal_column("interval '1 second'", type_=Interval)
+def one_second() -> ColumnElement[timedelta]:
+    return literal_column("interval '1 second'", type_=Interval())
 
 
 def in_states(state: ColumnElement[object], *states: str) -> ColumnElement[bool]:
