@@ -70,6 +70,7 @@ def tests_matrix(session: nox.Session, sqlalchemy: str) -> None:
     session.run(
         "python", "-c", "import sqlalchemy, sys; print(sys.version, sqlalchemy.__version__)"
     )
+    session.run("mypy")  # the package's types hold against this SQLAlchemy's stubs too
     _suite(session, os.environ.get("PGQ_SA_TEST_DATABASE_URL", ""))
 
 
