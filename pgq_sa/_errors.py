@@ -144,9 +144,12 @@ def explain(
     other schemas are not ours), ``url`` where the caller tried to connect (for the message)."""
     if isinstance(error, PgqError):
         return error
-    if not isinstance(error, (DBAPIError, OSError)) or isinstance(error, TimeoutError):
-        return None  # a TimeoutError is an OSError, but one of pgq_sa's own (Queue.wait)
+    if isinstance(error, TimeoutError):
+        return None  # an OSError, but one of pgq_sa's own (Queue.wait)
     state = _sqlstate(error)
+    if not isinstance(error, (DBAPIError, OSError)) and state is None:
+        return None  # not from the database (a driver's own error carries a SQLSTATE: asyncpg's
+        # connect errors reach the caller unwrapped on SQLAlchemy 2.0)
     text = _message(error)
     missing_database = _DATABASE_MISSING.search(text)
     if state == "3D000" or (state is None and missing_database):
@@ -218,7 +221,7 @@ def explained(*, schema: str | None = None, url: URL | None = None) -> Iterator[
     """Re-raise what :func:`explain` recognises as its pgq_sa exception (from the original)."""
     try:
         yield
-    except (DBAPIError, OSError) as error:
+    except Exception as error:
         better = explain(error, schema=schema, url=url)
         if better is None:
             raise
