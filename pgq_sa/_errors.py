@@ -83,7 +83,9 @@ _UNREACHABLE = (
     "the database system is starting up",
     "the database system is shutting down",
 )
-_FIRST_TABLES = frozenset({"jobs", "workers", "queues", "task_limits", "schedules"})
+# Relations added by a later migration step than the first: missing one of these (and not the
+# others) means the queue is installed, by an older pgq_sa. Add a step's new tables here.
+_LATER_RELATIONS = frozenset({"workflows", "workflows_id_seq", "job_dependencies", "settings"})
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:
@@ -187,7 +189,7 @@ def _missing_object(text: str, schema: str | None) -> PgqError | None:
     if not _ours(where, schema) or (relation is None and named is None):
         return None
     queue_schema = schema or where or "pgq"
-    if relation is not None and relation.group("table") not in _FIRST_TABLES:
+    if relation is not None and relation.group("table") in _LATER_RELATIONS:
         return SchemaOutdated(
             f'schema "{queue_schema}" was installed by an older pgq_sa (its table '
             f"{relation.group('table')!r} is missing): {_UPGRADE}"

@@ -56,3 +56,13 @@ def until_awaited(engine: Engine, job_id: int, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} was never flagged awaited")
         time.sleep(0.01)
+
+
+def driver_url(url: Any, driver: str) -> Any:
+    """``url`` (a SQLAlchemy URL) for ``driver``; pg8000 names a Unix socket its own way."""
+    url = url.set(drivername=f"postgresql+{driver}")
+    folder = url.query.get("host")
+    if driver == "pg8000" and not url.host and isinstance(folder, str):
+        socket = f"{folder}/.s.PGSQL.{url.port or 5432}"
+        url = url.difference_update_query(["host"]).update_query_dict({"unix_sock": socket})
+    return url

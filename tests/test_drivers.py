@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers import count_jobs
+from helpers import count_jobs, driver_url
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -42,20 +42,16 @@ def _queue() -> Queue:
     return queue
 
 
-def _with_driver(url, driver):
-    return url.set(drivername=f"postgresql+{driver}")
-
-
 @pytest.fixture(params=SYNC_DRIVERS)
 def driver_engine(request, database_url):
-    engine = create_engine(_with_driver(database_url, request.param))
+    engine = create_engine(driver_url(database_url, request.param))
     yield engine
     engine.dispose()
 
 
 @pytest.fixture(params=ASYNC_DRIVERS)
 def async_driver_url(request, database_url):
-    return _with_driver(database_url, request.param)
+    return driver_url(database_url, request.param)
 
 
 # --- enqueue in the caller's transaction ---------------------------------------------------------

@@ -10,6 +10,7 @@ import socket
 import anyio
 import pytest
 from click.testing import CliRunner
+from helpers import driver_url
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -56,7 +57,7 @@ def _explained(error: PgqError, kind: type[PgqError], *needles: str) -> None:
 
 
 def _sync_enqueue(url, driver, schema="pgq"):
-    engine = create_engine(url.set(drivername=f"postgresql+{driver}"))
+    engine = create_engine(driver_url(url, driver))
     try:
         with Session(engine) as session:
             Queue(schema=schema).enqueue(session, "t", {"a": 1})
@@ -66,7 +67,7 @@ def _sync_enqueue(url, driver, schema="pgq"):
 
 def _async_enqueue(url, driver, schema="pgq"):
     async def main():
-        engine = create_async_engine(url.set(drivername=f"postgresql+{driver}"))
+        engine = create_async_engine(driver_url(url, driver))
         try:
             async with AsyncSession(engine) as session:
                 await Queue(schema=schema).enqueue_async(session, "t", {"a": 1})
