@@ -18,17 +18,19 @@ SQLALCHEMY = {
 
 
 def _pyenv_interpreters() -> None:
-    """Let nox find pyenv's Pythons by their versioned names (python3.10, ...): pyenv's shims
-    answer only for the versions PYENV_VERSION names."""
+    """Let nox find pyenv's Pythons by their versioned names (python3.10, ...): their own bin
+    folders go on PATH, ahead of pyenv's shims, which answer only for the versions pyenv selects
+    (and `pyenv exec` selects one)."""
     versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    if "PYENV_VERSION" in os.environ or not versions.is_dir():
+    if not versions.is_dir():
         return
-    installed = sorted(p.name for p in versions.iterdir() if p.name.startswith("3."))
-    wanted = [v for v in installed if any(v.startswith(p + ".") for p in PYTHONS)]
-    pinned = versions.parent / "version"  # pyenv's global choice stays the plain python3
-    default = pinned.read_text().split()[:1] if pinned.is_file() else []
-    if wanted:
-        os.environ["PYENV_VERSION"] = ":".join([*default, *wanted])
+    folders = []
+    for python in PYTHONS:
+        found = sorted(versions.glob(f"{python}.*/bin/python{python}"))
+        if found:
+            folders.append(str(found[-1].parent))
+    if folders:
+        os.environ["PATH"] = os.pathsep.join([*folders, os.environ.get("PATH", "")])
 
 
 _pyenv_interpreters()
