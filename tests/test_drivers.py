@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from helpers import count_jobs, driver_url
+from helpers import collect_pg8000_leftovers, count_jobs, driver_url
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -26,6 +26,13 @@ from pgq_sa._worker.listener import ListenConnection, conninfo
 SYNC_DRIVERS = ["psycopg2", "pg8000", "psycopg"]
 ASYNC_DRIVERS = ["asyncpg", "psycopg"]
 APPS = str(Path(__file__).parent / "apps")
+
+
+@pytest.fixture(autouse=True)
+def _pg8000_leftovers(request):
+    yield
+    if "pg8000" in request.node.name:
+        collect_pg8000_leftovers()
 
 
 def _queue() -> Queue:

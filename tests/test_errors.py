@@ -10,7 +10,7 @@ import socket
 import anyio
 import pytest
 from click.testing import CliRunner
-from helpers import driver_url
+from helpers import collect_pg8000_leftovers, driver_url
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
@@ -31,6 +31,15 @@ from pgq_sa._errors import explain
 from pgq_sa.migrations import db_upgrade, read_durability
 
 SYNC = ["psycopg", "psycopg2", "pg8000"]
+
+
+@pytest.fixture(autouse=True)
+def _pg8000_leftovers(request):
+    yield
+    if "pg8000" in request.node.name:
+        collect_pg8000_leftovers()
+
+
 ASYNC = ["asyncpg", "psycopg"]
 
 
