@@ -1,4 +1,5 @@
-"""Developer sessions: tests (both servers), lint, demo, bench, faults, partitions, soak."""
+"""Developer sessions: tests (both servers), the support matrix, lint, the wheel alone, demo, bench,
+faults, partitions, soak."""
 
 from __future__ import annotations
 
@@ -7,6 +8,34 @@ import shutil
 from pathlib import Path
 
 import nox
+
+# The declared support range, tested: every Python from 3.10 to 3.13 with SQLAlchemy's oldest
+# 2.0 we declare, the newest 2.0 and the newest 2.1 (2.1 needs Python 3.11).
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+SQLALCHEMY = {
+    "lowest": "sqlalchemy[asyncio]==2.0.53",
+    "2.0": "sqlalchemy[asyncio]>=2.0.53,<2.1",
+    "2.1": "sqlalchemy[asyncio]>=2.1,<2.2",
+}
+
+
+def _pyenv_interpreters() -> None:
+    """Let nox find pyenv's Pythons by their versioned names (python3.10, ...): their own bin
+    folders go on PATH, ahead of pyenv's shims, which answer only for the versions pyenv selects
+    (and `pyenv exec` selects one)."""
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if not versions.is_dir():
+        return
+    folders = []
+    for python in PYTHONS:
+        found = sorted(versions.glob(f"{python}.*/bin/python{python}"))
+        if found:
+            folders.append(str(found[-1].parent))
+    if folders:
+        os.environ["PATH"] = os.pathsep.join([*folders, os.environ.get("PATH", "")])
+
+
+_pyenv_interpreters()
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -31,6 +60,25 @@ def tests(session: nox.Session) -> None:
         _suite(session, server)
     session.log("suite on the embedded PostgreSQL")
     _suite(session, "")
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("sqlalchemy", list(SQLALCHEMY))
+def tests_matrix(session: nox.Session, sqlalchemy: str) -> None:
+    """The suite (but its timing tests) on one Python with one SQLAlchemy, on one server:
+    PGQ_SA_TEST_DATABASE_URL's when set, else the embedded one. `nox -s tests_matrix` runs
+    every pair; `nox -s "tests_matrix-3.10(sqlalchemy='lowest')"` one of them."""
+    if sqlalchemy == "2.1" and session.python == "3.10":
+        session.skip("SQLAlchemy 2.1 needs Python 3.11 or newer")
+    session.install("-e", ".[dev]", SQLALCHEMY[sqlalchemy])
+    session.run(
+        "python", "-c", "import sqlalchemy, sys; print(sys.version, sqlalchemy.__version__)"
+    )
+    session.run("mypy")  # the package's types hold against this SQLAlchemy's stubs too
+    # The timing tests (marked serial) assert the machine's speed, not compatibility: the
+    # default session runs them, on both servers.
+    env = {"PGQ_SA_TEST_DATABASE_URL": os.environ.get("PGQ_SA_TEST_DATABASE_URL", "")}
+    session.run("pytest", "-n", "3", "-m", "not serial", *session.posargs, env=env)
 
 
 @nox.session

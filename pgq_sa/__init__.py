@@ -8,6 +8,14 @@ starts once the steps it waits for have succeeded.
 
 import logging
 
+from pgq_sa._errors import (
+    ConfigurationError,
+    DatabaseMissing,
+    DatabaseUnreachable,
+    PgqError,
+    SchemaMissing,
+    SchemaOutdated,
+)
 from pgq_sa._job import Job, JobError, JobInfo, JobSpec, Retry
 from pgq_sa._queue import Queue
 from pgq_sa._schema import JobStatus
@@ -23,15 +31,21 @@ from pgq_sa._workflow import (
 
 __all__ = [
     "AsyncWorker",
+    "ConfigurationError",
+    "DatabaseMissing",
+    "DatabaseUnreachable",
     "DedupeConflict",
     "Job",
     "JobError",
     "JobInfo",
     "JobSpec",
     "JobStatus",
+    "PgqError",
     "Queue",
     "RateLimit",
     "Retry",
+    "SchemaMissing",
+    "SchemaOutdated",
     "ThreadWorker",
     "UpstreamFailed",
     "Workflow",

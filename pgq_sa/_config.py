@@ -25,15 +25,33 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from pgq_sa._errors import ConfigurationError as ConfigurationError  # its former home
+
 URL_VARIABLES = ("PGQ_SA_DATABASE_URL", "DATABASE_URL")
 SCHEMA_VARIABLE = "PGQ_SA_SCHEMA"
 
 _SYNC_DRIVERS = {"psycopg"}
 _ASYNC_DRIVERS = {"asyncpg", "psycopg"}
 
-
-class ConfigurationError(RuntimeError):
-    """No usable database could be found from the arguments, environment or extras."""
+# The connection parameters libpq (so psycopg, and the workers' LISTEN connection) understands in
+# a URL's query: every other option there belongs to some driver and must not reach libpq, which
+# refuses unknown ones ("invalid URI query parameter"). ``host``/``port`` are handled apart.
+LIBPQ_OPTIONS = frozenset(
+    {
+        "application_name", "fallback_application_name", "client_encoding", "options",
+        "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "sslmode", "sslnegotiation", "sslcompression",
+        "sslcert", "sslkey", "sslpassword", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir",
+        "sslsni", "ssl_min_protocol_version", "ssl_max_protocol_version", "requiressl",
+        "require_auth", "channel_binding", "gssencmode", "gsslib", "gssdelegation", "krbsrvname",
+        "requirepeer", "passfile", "service", "target_session_attrs", "load_balance_hosts",
+        "hostaddr",
+    }
+)  # fmt: skip
+# asyncpg's ``ssl=`` as libpq's ``sslmode=`` (asyncpg also takes the libpq names themselves).
+_SSL_AS_SSLMODE = {"true": "require", "false": "disable", "on": "require", "off": "disable"}
+# libpq options asyncpg takes under the same name; the others it would refuse as keywords.
+_ASYNCPG_TAKES = frozenset({"passfile", "target_session_attrs", "krbsrvname", "gsslib"})
 
 
 @dataclass(frozen=True)
@@ -74,26 +92,90 @@ def parse_url(value: str | URL) -> URL:
     return url
 
 
+def libpq_options(url: URL) -> dict[str, str]:
+    """The options of ``url``'s query that libpq understands (the last value of a repeated one),
+    with asyncpg's ``ssl=`` as ``sslmode=``; every other driver option is left out."""
+    options: dict[str, str] = {}
+    for name, value in url.query.items():
+        last = value[-1] if isinstance(value, tuple) else value
+        if name in LIBPQ_OPTIONS:
+            options[name] = last
+        elif name == "ssl" and "sslmode" not in url.query:
+            options["sslmode"] = _SSL_AS_SSLMODE.get(last.lower(), last)
+    return options
+
+
+def _hosts(url: URL) -> dict[str, str]:
+    """``host`` and ``port`` for libpq: the URL's, or its ``?host=h1:5432&host=h2`` list."""
+    if url.host or "host" not in url.query:
+        found = {"host": url.host or ""} if url.host else {}
+        return found | ({"port": str(url.port)} if url.port else {})
+    given = url.query["host"]
+    entries = list(given) if isinstance(given, tuple) else [given]
+    hosts, ports = [], []
+    for entry in entries:
+        host, colon, port = entry.rpartition(":") if not entry.startswith("/") else ("", "", "")
+        hosts.append(host if colon else entry)
+        ports.append(port if colon else str(url.port or ""))
+    found = {"host": ",".join(hosts)}
+    return found | ({"port": ",".join(ports)} if any(ports) else {})
+
+
+def libpq_conninfo(value: str | URL) -> dict[str, str]:
+    """The libpq connection parameters of ``value`` (any SQLAlchemy PostgreSQL URL): the
+    address and credentials, and only the query options libpq understands."""
+    url = parse_url(value)
+    params = _hosts(url) | libpq_options(url)
+    for name, part in (("user", url.username), ("password", url.password)):
+        if part:
+            params[name] = str(part)
+    if url.database:
+        params["dbname"] = url.database
+    return params
+
+
 def sync_url(value: str | URL) -> URL:
-    """The URL with a sync driver pgq_sa supports (psycopg 3)."""
+    """The URL with a sync driver pgq_sa supports (psycopg 3). A URL written for another driver
+    keeps only the query options libpq understands (asyncpg's ``ssl=`` becomes ``sslmode=``)."""
     url = parse_url(value)
     if "+" in url.drivername and url.get_driver_name() in _SYNC_DRIVERS:
         return url
-    return url.set(drivername="postgresql+psycopg")
+    kept: dict[str, str | tuple[str, ...]] = dict(libpq_options(url))
+    if "host" in url.query:
+        kept["host"] = url.query["host"]  # a socket folder, or SQLAlchemy's list of hosts
+    return url.set(drivername="postgresql+psycopg", query=kept)
 
 
 def async_url(value: str | URL) -> URL:
-    """The URL with an async driver: asyncpg unless psycopg was asked for explicitly."""
+    """The URL with an async driver: asyncpg unless psycopg was asked for explicitly. For asyncpg,
+    libpq's ``sslmode`` becomes ``ssl``, and libpq options asyncpg does not take are left out
+    (``application_name`` and ``connect_timeout`` travel through :func:`asyncpg_connect_args`)."""
     url = parse_url(value)
     if "+" in url.drivername and url.get_driver_name() in _ASYNC_DRIVERS:
         driver = url.get_driver_name()
     else:
         driver = "asyncpg"
     url = url.set(drivername=f"postgresql+{driver}")
-    if driver == "asyncpg" and "sslmode" in url.query:
-        mode = url.query["sslmode"]
+    if driver != "asyncpg":
+        return url
+    if "sslmode" in url.query:
+        given = url.query["sslmode"]
+        mode = given if isinstance(given, str) else given[-1]
         url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
-    return url
+    return url.difference_update_query(LIBPQ_OPTIONS - _ASYNCPG_TAKES)
+
+
+def asyncpg_connect_args(value: str | URL) -> dict[str, Any]:
+    """What asyncpg takes as ``connect()`` arguments for the libpq options of ``value`` it does
+    not take by name: ``application_name`` as a ``server_settings`` entry,
+    ``connect_timeout`` as ``timeout``."""
+    options = libpq_options(parse_url(value))
+    args: dict[str, Any] = {}
+    if "application_name" in options:
+        args["server_settings"] = {"application_name": options["application_name"]}
+    if "connect_timeout" in options:
+        args["timeout"] = float(options["connect_timeout"])
+    return args
 
 
 def resolve_url(explicit: str | URL | None = None, *, allow_embedded: bool = True) -> DatabaseURL:
@@ -233,15 +315,19 @@ def make_async_engine(
     """An asyncio engine (asyncpg by default) for ``url``, its connections using ``network``
     (None: the driver's defaults) where neither the URL nor ``connect_args`` say otherwise."""
     target = async_url(url)
-    if network is None:
-        return create_async_engine(target, **options)
-    if target.get_driver_name() != "asyncpg":
-        _merged_connect_args(libpq_defaults(target.query, network), options)
-        return create_async_engine(target, **options)
-    if not {"timeout", "connect_timeout"} & set(target.query):
-        _merged_connect_args({"timeout": float(network.connect_timeout)}, options)
+    asyncpg = target.get_driver_name() == "asyncpg"
+    defaults: dict[str, Any] = {}
+    if network is not None and not asyncpg:
+        defaults = dict(libpq_defaults(target.query, network))
+    elif network is not None and not {"timeout", "connect_timeout"} & set(target.query):
+        defaults["timeout"] = float(network.connect_timeout)
+    if asyncpg:
+        defaults |= asyncpg_connect_args(url)  # what the URL itself says wins over the network
+    if defaults:
+        _merged_connect_args(defaults, options)
     engine = create_async_engine(target, **options)
-    event.listen(engine.sync_engine, "connect", _asyncpg_keepalives(network))
+    if asyncpg and network is not None:
+        event.listen(engine.sync_engine, "connect", _asyncpg_keepalives(network))
     return engine
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from pgq_sa import _validation as validation
 from pgq_sa._ops.drive import Operation
+from pgq_sa._ops.settings import read_durability
 from pgq_sa._schema import JobStatus
 from pgq_sa._sql import Statements
 
@@ -177,6 +178,7 @@ class Status:
     queues: list[QueueStatus]
     workers: list[WorkerState]
     latency: list[Latency] = field(default_factory=list)
+    durability: str = "durable"
 
     @property
     def live_workers(self) -> list[WorkerState]:
@@ -226,6 +228,7 @@ def _status(
     workers = yield from list_workers(statements, stale_after)
     latency_rows = yield m.start_latency, {"window": window, "sample": LATENCY_SAMPLE}
     settings = yield m.queue_settings, None
+    durability = yield from read_durability(statements)
 
     keys: set[tuple[str, str]] = {(b.queue, b.task) for b in backlog}
     keys |= {(r.queue, r.task) for r in finished}
@@ -254,7 +257,9 @@ def _status(
         for name in queue_names
     ]
     latency = [Latency(r.queue, r.started, r.p50, r.p95, r.max) for r in latency_rows if r.started]
-    return Status(now, window, short_window, stale_after, tasks, queues, workers, latency)
+    return Status(
+        now, window, short_window, stale_after, tasks, queues, workers, latency, durability
+    )
 
 
 def _task_status(

@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import URL
 
 from pgq_sa import _config, _deadlines
-from pgq_sa._config import sync_url
+from pgq_sa._config import libpq_conninfo
 
 log = logging.getLogger("pgq_sa.listener")
 
@@ -73,8 +73,11 @@ def decode(channel: str, payload: str) -> Message:
 
 
 def conninfo(url: str | URL) -> str:
-    """A libpq connection string for ``url`` (any SQLAlchemy PostgreSQL URL)."""
-    return sync_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """A libpq connection string for ``url`` (any SQLAlchemy PostgreSQL URL, of any driver): its
+    address, credentials and only the options libpq understands (``sslmode``,
+    ``application_name``...; asyncpg's ``ssl=`` as ``sslmode=``); driver options such as
+    ``prepared_statement_cache_size`` never reach libpq."""
+    return make_conninfo("", **libpq_conninfo(url))
 
 
 class ListenConnection:

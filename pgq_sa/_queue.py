@@ -17,17 +17,19 @@ from sqlalchemy import MetaData
 
 from pgq_sa import _validation as validation
 from pgq_sa._cron import CronSchedule, cron_schedule
+from pgq_sa._errors import explained
 from pgq_sa._events import EventHub
 from pgq_sa._job import JobInfo, JobSpec, StepRequest
 from pgq_sa._ops import producer as operations
 from pgq_sa._ops import workflows as wf_operations
-from pgq_sa._ops.drive import run_async, run_sync
+from pgq_sa._ops.drive import Operation, run_async, run_sync, url_of
 from pgq_sa._schema import DEFAULT_SCHEMA, QueueTables, build_tables
 from pgq_sa._sql import Statements
 from pgq_sa._tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, TaskDefinition, define_task
 from pgq_sa._workflow import Workflow, WorkflowInfo
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _job_id(value: object, what: str = "job id") -> int:
@@ -302,6 +304,16 @@ class Queue:
             )
         return steps
 
+    # --- running an operation: the driver's setting errors become pgq_sa's ---------------------
+
+    def _run(self, bind: Any, operation: Operation[T]) -> T:
+        with explained(schema=self.schema, url=url_of(bind)):
+            return run_sync(bind, operation)
+
+    async def _run_async(self, bind: Any, operation: Operation[T]) -> T:
+        with explained(schema=self.schema, url=url_of(bind)):
+            return await run_async(bind, operation)
+
     # --- producer API, sync --------------------------------------------------------------------
 
     def enqueue(
@@ -329,26 +341,26 @@ class Queue:
             queue=queue,
             max_attempts=max_attempts,
         )
-        return run_sync(bind, operations.enqueue(self.statements, [job], self.events))[0]
+        return self._run(bind, operations.enqueue(self.statements, [job], self.events))[0]
 
     def enqueue_many(self, bind: Any, specs: Iterable[JobSpec]) -> list[int]:
         """Enqueue many jobs in one statement; ids come back in the order of ``specs``."""
         jobs = self._new_jobs(specs)
         if not jobs:
             return []
-        return run_sync(bind, operations.enqueue(self.statements, jobs, self.events))
+        return self._run(bind, operations.enqueue(self.statements, jobs, self.events))
 
     def get(self, bind: Any, job_id: int) -> JobInfo | None:
         """The job ``job_id`` as stored now, or None."""
-        return run_sync(bind, operations.get(self.statements, _job_id(job_id)))
+        return self._run(bind, operations.get(self.statements, _job_id(job_id)))
 
     def cancel(self, bind: Any, job_id: int) -> bool:
         """Cancel a queued job, or ask a running one to stop; True if it was queued or running."""
-        return run_sync(bind, operations.cancel(self.statements, _job_id(job_id)))
+        return self._run(bind, operations.cancel(self.statements, _job_id(job_id)))
 
     def retry(self, bind: Any, job_id: int) -> bool:
         """Queue a failed or cancelled job again; True if it was."""
-        return run_sync(bind, operations.retry(self.statements, _job_id(job_id)))
+        return self._run(bind, operations.retry(self.statements, _job_id(job_id)))
 
     def wait(self, bind: Any, job_id: int, timeout: float | None = None) -> JobInfo:
         """Block until job ``job_id`` has finished and return it; ``TimeoutError`` after
@@ -356,7 +368,8 @@ class Queue:
         from pgq_sa import _waiting as waiting
 
         limit = None if timeout is None else validation.seconds(timeout, "timeout")
-        return waiting.wait(self.statements, bind, _job_id(job_id), limit)
+        with explained(schema=self.schema, url=url_of(bind)):
+            return waiting.wait(self.statements, bind, _job_id(job_id), limit)
 
     def enqueue_workflow(self, bind: Any, flow: Workflow) -> int:
         """Enqueue every step of ``flow`` on ``bind`` and return the workflow's id. On a
@@ -396,11 +409,11 @@ class Queue:
 
     def pause(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         """Stop every worker from claiming jobs of queue ``name``; running jobs finish."""
-        run_sync(bind, operations.set_paused(self.statements, validation.queue_name(name), True))
+        self._run(bind, operations.set_paused(self.statements, validation.queue_name(name), True))
 
     def resume(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         """Let workers claim jobs of queue ``name`` again."""
-        run_sync(bind, operations.set_paused(self.statements, validation.queue_name(name), False))
+        self._run(bind, operations.set_paused(self.statements, validation.queue_name(name), False))
 
     # --- producer API, async -------------------------------------------------------------------
 
@@ -428,30 +441,33 @@ class Queue:
             queue=queue,
             max_attempts=max_attempts,
         )
-        return (await run_async(bind, operations.enqueue(self.statements, [job], self.events)))[0]
+        return (
+            await self._run_async(bind, operations.enqueue(self.statements, [job], self.events))
+        )[0]
 
     async def enqueue_many_async(self, bind: Any, specs: Iterable[JobSpec]) -> list[int]:
         """:meth:`enqueue_many` on an async bind."""
         jobs = self._new_jobs(specs)
         if not jobs:
             return []
-        return await run_async(bind, operations.enqueue(self.statements, jobs, self.events))
+        return await self._run_async(bind, operations.enqueue(self.statements, jobs, self.events))
 
     async def get_async(self, bind: Any, job_id: int) -> JobInfo | None:
-        return await run_async(bind, operations.get(self.statements, _job_id(job_id)))
+        return await self._run_async(bind, operations.get(self.statements, _job_id(job_id)))
 
     async def cancel_async(self, bind: Any, job_id: int) -> bool:
-        return await run_async(bind, operations.cancel(self.statements, _job_id(job_id)))
+        return await self._run_async(bind, operations.cancel(self.statements, _job_id(job_id)))
 
     async def retry_async(self, bind: Any, job_id: int) -> bool:
-        return await run_async(bind, operations.retry(self.statements, _job_id(job_id)))
+        return await self._run_async(bind, operations.retry(self.statements, _job_id(job_id)))
 
     async def wait_async(self, bind: Any, job_id: int, timeout: float | None = None) -> JobInfo:
         """:meth:`wait` for async code (asyncio or trio)."""
         from pgq_sa import _waiting as waiting
 
         limit = None if timeout is None else validation.seconds(timeout, "timeout")
-        return await waiting.wait_async(self.statements, bind, _job_id(job_id), limit)
+        with explained(schema=self.schema, url=url_of(bind)):
+            return await waiting.wait_async(self.statements, bind, _job_id(job_id), limit)
 
     async def enqueue_workflow_async(self, bind: Any, flow: Workflow) -> int:
         """:meth:`enqueue_workflow` on an async bind."""
@@ -484,11 +500,11 @@ class Queue:
 
     async def pause_async(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         operation = operations.set_paused(self.statements, validation.queue_name(name), True)
-        await run_async(bind, operation)
+        await self._run_async(bind, operation)
 
     async def resume_async(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
         operation = operations.set_paused(self.statements, validation.queue_name(name), False)
-        await run_async(bind, operation)
+        await self._run_async(bind, operation)
 
 
 def _default_name(handler: Callable[..., Any]) -> str:

@@ -238,12 +238,6 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
                 "dedupe_key IS NOT NULL AND state NOT IN ('succeeded', 'failed', 'cancelled')"
             ),
         ),
-        postgresql_with={
-            "fillfactor": "80",
-            "autovacuum_vacuum_scale_factor": "0.01",
-            "autovacuum_vacuum_insert_scale_factor": "0.01",
-            "autovacuum_analyze_scale_factor": "0.02",
-        },
     )
 
 
@@ -374,7 +368,7 @@ def build_tables(schema: str = DEFAULT_SCHEMA) -> QueueTables:
         values_callable=lambda states: [s.value for s in states],
     )
     jobs = _jobs_table(metadata, state_enum)
-    for statement in notify_trigger_ddl(schema):
+    for statement in [jobs_storage_ddl(schema), *notify_trigger_ddl(schema)]:
         event.listen(jobs, "after_create", DDL(statement))  # type: ignore[no-untyped-call]
     return QueueTables(
         schema=schema,
@@ -388,6 +382,23 @@ def build_tables(schema: str = DEFAULT_SCHEMA) -> QueueTables:
         job_dependencies=_job_dependencies_table(metadata),
         settings=_settings_table(metadata),
     )
+
+
+# The storage parameters step 0001 gives ``jobs`` (see the module docstring). Set by a DDL event
+# rather than ``Table(postgresql_with=...)``, which only SQLAlchemy 2.1 accepts.
+JOBS_STORAGE = {
+    "fillfactor": "80",
+    "autovacuum_vacuum_scale_factor": "0.01",
+    "autovacuum_vacuum_insert_scale_factor": "0.01",
+    "autovacuum_analyze_scale_factor": "0.02",
+}
+
+
+def jobs_storage_ddl(schema: str) -> str:
+    """``ALTER TABLE`` giving ``<schema>.jobs`` its storage parameters after ``create_all``."""
+    validate_schema_name(schema)
+    settings = ", ".join(f"{name} = {value}" for name, value in JOBS_STORAGE.items())
+    return f'ALTER TABLE "{schema}".jobs SET ({settings})'
 
 
 def notify_trigger_ddl(schema: str) -> list[str]:

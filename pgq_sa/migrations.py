@@ -27,7 +27,12 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
+from pgq_sa._errors import PgqError, explained
+from pgq_sa._ops import settings
+from pgq_sa._ops.drive import run_sync
+from pgq_sa._ops.settings import Durability, durability_level
 from pgq_sa._schema import DEFAULT_SCHEMA, VERSION_TABLE, build_tables, validate_schema_name
+from pgq_sa._sql import Statements, catalog
 from pgq_sa._steps import STEPS, Step
 
 __all__ = [
@@ -40,6 +45,9 @@ __all__ = [
     "downgrade",
     "head_revision",
     "include_name",
+    "queue_schemas",
+    "read_durability",
+    "set_durability",
     "upgrade",
     "versions_path",
 ]
@@ -51,7 +59,7 @@ _SCHEMA_ATTRIBUTE = "pgq_sa_schema"
 _REVISIONS = [step.revision for step in STEPS]
 
 
-class MigrationError(RuntimeError):
+class MigrationError(PgqError, RuntimeError):
     """The database's queue schema is in a state these migrations cannot move from."""
 
 
@@ -78,16 +86,36 @@ def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     """An Alembic ``include_name`` hook that hides every pgq_sa schema from autogenerate.
 
     Needed only by projects running autogenerate with ``include_schemas=True``; by default
-    Alembic never looks outside the default schema, where pgq_sa puts nothing.
+    Alembic never looks outside the default schema, where pgq_sa puts nothing. A queue's schema
+    is recognised in the database Alembic is connected to (a schema holding a ``pgq_sa_version``
+    table, whatever its name), and by name: ``pgq`` and ``$PGQ_SA_SCHEMA``.
     """
     if type_ == "schema":
-        return not _looks_like_queue_schema(name)
+        return name not in queue_schemas()
     return True
 
 
-def _looks_like_queue_schema(name: str | None) -> bool:
-    configured = os.environ.get("PGQ_SA_SCHEMA", DEFAULT_SCHEMA)
-    return name in {DEFAULT_SCHEMA, configured}
+def queue_schemas(connection: Connection | None = None) -> frozenset[str]:
+    """The schemas holding a pgq_sa queue: those of ``connection``'s database (by default the
+    running Alembic environment's) with a ``pgq_sa_version`` table, plus ``pgq`` and
+    ``$PGQ_SA_SCHEMA``."""
+    names = {DEFAULT_SCHEMA, os.environ.get("PGQ_SA_SCHEMA") or DEFAULT_SCHEMA}
+    if connection is None:
+        connection = _alembic_connection()
+    if connection is not None:
+        names.update(connection.execute(catalog.queue_schemas()).scalars())
+    return frozenset(names)
+
+
+def _alembic_connection() -> Connection | None:
+    """The connection of the Alembic environment running now, if any."""
+    from alembic import context
+
+    try:
+        bind = context.get_bind()
+    except (NameError, AttributeError):  # no Alembic environment is running (a plain import)
+        return None
+    return bind if isinstance(bind, Connection) else None
 
 
 # --- the marker ------------------------------------------------------------------------------
@@ -243,13 +271,23 @@ def run_revision(op: Any, revision: str, direction: Literal["up", "down"]) -> No
 # --- door 3: inside one of the user's own revisions --------------------------------------------
 
 
-def upgrade(op: Any, *, schema: str = DEFAULT_SCHEMA, revision: str | None = None) -> None:
-    """Bring ``schema`` up to ``revision`` (default: the newest) from inside a user's revision."""
+def upgrade(
+    op: Any,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    revision: str | None = None,
+    durability: str | None = None,
+) -> None:
+    """Bring ``schema`` up to ``revision`` (default: the newest) from inside a user's revision;
+    with ``durability``, set that level too (see :func:`set_durability`)."""
     validate_schema_name(schema)
+    level = None if durability is None else durability_level(durability)
     connection = op.get_bind()
     stop = _position(revision or head_revision())
     for step in STEPS[: stop + 1]:
         _step_up(connection, schema, step)
+    if level is not None:
+        _set_durability(connection, schema, level, force=False)
 
 
 def downgrade(op: Any, *, schema: str = DEFAULT_SCHEMA, revision: str | None = None) -> None:
@@ -301,18 +339,56 @@ def _alembic_target(revision: str) -> str:
 
 
 def db_upgrade(
-    bind: Engine | Connection, *, schema: str = DEFAULT_SCHEMA, revision: str = "head"
+    bind: Engine | Connection,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    revision: str = "head",
+    durability: str | None = None,
 ) -> None:
-    """Apply the revisions up to ``revision`` (``head``, an id, or ``+N``) to ``schema``."""
+    """Apply the revisions up to ``revision`` (``head``, an id, or ``+N``) to ``schema``; with
+    ``durability``, set that level in the same transaction (see :func:`set_durability`)."""
     from alembic import command
 
     validate_schema_name(schema)
+    level = None if durability is None else durability_level(durability)
     target = _alembic_target(revision)
     with _transaction(bind) as connection:
         _lock(connection, schema)
         connection.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         _position(_read_marker(connection, schema))
         command.upgrade(_config(connection, schema), target)
+        if level is not None:
+            _set_durability(connection, schema, level, force=False)
+
+
+# --- durability levels -------------------------------------------------------------------------
+
+
+def _set_durability(connection: Connection, schema: str, level: Durability, *, force: bool) -> None:
+    statements = Statements.build(build_tables(schema))
+    with explained(schema=schema, url=connection.engine.url):
+        run_sync(connection, settings.set_durability(statements, level, force=force))
+
+
+def set_durability(
+    bind: Engine | Connection, level: str, *, schema: str = DEFAULT_SCHEMA, force: bool = False
+) -> None:
+    """Set ``schema``'s durability level: ``durable``, ``balanced`` or ``volatile`` (UNLOGGED
+    tables; refused while the server streams to a physical replica, unless ``force``). One
+    transaction: a refusal changes nothing. Workers read the level when they start."""
+    validate_schema_name(schema)
+    chosen = durability_level(level)
+    with _transaction(bind) as connection:
+        _lock(connection, schema)
+        _set_durability(connection, schema, chosen, force=force)
+
+
+def read_durability(bind: Engine | Connection, *, schema: str = DEFAULT_SCHEMA) -> Durability:
+    """``schema``'s durability level (``durable`` until set)."""
+    validate_schema_name(schema)
+    statements = Statements.build(build_tables(schema))
+    with _transaction(bind) as connection, explained(schema=schema, url=connection.engine.url):
+        return run_sync(connection, settings.read_durability(statements))
 
 
 def db_downgrade(bind: Engine | Connection, *, schema: str = DEFAULT_SCHEMA, revision: str) -> None:

@@ -67,3 +67,34 @@ def register(engine: Engine, queue: Any, identity: Any, tasks: tuple[str, ...] =
 
     run_sync(engine, protocol.register(queue.statements, identity, list(tasks), None, 1, 5.0, 60.0))
     return identity
+
+
+def driver_url(url: Any, driver: str) -> Any:
+    """``url`` (a SQLAlchemy URL) for ``driver``; pg8000 names a Unix socket its own way."""
+    url = url.set(drivername=f"postgresql+{driver}")
+    folder = url.query.get("host")
+    if driver == "pg8000" and not url.host and isinstance(folder, str):
+        socket = f"{folder}/.s.PGSQL.{url.port or 5432}"
+        url = url.difference_update_query(["host"]).update_query_dict({"unix_sock": socket})
+    return url
+
+
+def collect_pg8000_leftovers() -> None:
+    """Collect the garbage a pg8000 test left, ignoring only the BrokenPipeError of a pg8000
+    socket whose server went away first (its buffered writer flushes when collected): left to
+    chance, that collection happens during some later test, which ``filterwarnings=error``
+    then fails. Any other unraisable exception is reported as usual."""
+    import gc
+    import sys
+
+    hook = sys.unraisablehook
+
+    def quiet(unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, BrokenPipeError):
+            hook(unraisable)
+
+    sys.unraisablehook = quiet
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook

@@ -334,3 +334,17 @@ def test_wheel_install_migrates(empty_database_url, tmp_path):
         env=environment,
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_metadata_create_all_gives_jobs_its_storage_parameters(empty_engine):
+    """``Queue.metadata.create_all`` (for users who skip migrations in throwaway databases) makes
+    what step 0001 makes, on SQLAlchemy 2.0 and 2.1 alike (no 2.1-only table options)."""
+    with empty_engine.begin() as connection:
+        connection.execute(text("CREATE SCHEMA made"))
+    Queue(schema="made").metadata.create_all(empty_engine)
+    with empty_engine.connect() as connection:
+        options = connection.execute(
+            text("SELECT reloptions FROM pg_class WHERE oid = 'made.jobs'::regclass")
+        ).scalar_one()
+    assert "fillfactor=80" in options
+    assert "autovacuum_vacuum_scale_factor=0.01" in options

@@ -20,8 +20,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pgq_sa import migrations
-from pgq_sa._config import ConfigurationError, make_engine, resolve_url, schema_from_environment
+from pgq_sa._config import make_engine, resolve_url, schema_from_environment
+from pgq_sa._errors import PgqError, explain
 from pgq_sa._queue import Queue
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,27 +72,33 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(context: Context | None = None) -> Iterator[None]:
     """Turn the errors a user can cause into a message and an exit code."""
+    schema = context.schema if context is not None else None
+    url = context._url if context is not None else None
     try:
         yield
-    except (ConfigurationError, migrations.MigrationError) as error:
+    except PgqError as error:  # configuration, migrations, a database or schema missing
         fail(str(error))
     except (ValueError, TypeError) as error:
         fail(str(error), EXIT_USAGE)
-    except OperationalError as error:
-        fail(f"cannot reach the database: {error.orig}".strip())
-    except DBAPIError as error:
+    except (DBAPIError, OSError) as error:
+        explained = explain(error, schema=schema, url=url)
+        if explained is not None:
+            fail(str(explained))
+        if isinstance(error, OSError):
+            raise
         detail = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
-        if "does not exist" in detail and ("relation" in detail or "schema" in detail):
-            detail += " (is the queue installed? run `pgq-sa db upgrade`)"
+        if isinstance(error, OperationalError):
+            fail(f"cannot reach the database: {detail}")
         fail(f"the database refused: {detail}")
 
 
 def handles_errors(command: F) -> F:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _user_errors():
+        found = [arg for arg in args if isinstance(arg, Context)]
+        with _user_errors(found[0] if found else None):
             return command(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

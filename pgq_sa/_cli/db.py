@@ -65,6 +65,26 @@ def db_check(context: Context) -> None:
     fail(f"schema {context.schema!r} differs from the metadata")
 
 
+@db.command("durability")
+@click.argument("level", required=False, type=click.Choice(["durable", "balanced", "volatile"]))
+@click.option("--force", is_flag=True, help="make it volatile even with a physical replica")
+@pass_context
+@handles_errors
+def db_durability(context: Context, level: str | None, force: bool) -> None:
+    """Show the durability level, or set it to LEVEL.
+
+    durable (default): every commit waits for the WAL flush. balanced: workers' claims and
+    heartbeats do not wait (after a server crash a claimed job may run again); enqueues and
+    finishes stay durable. volatile: UNLOGGED tables, fastest, emptied by a server crash and not
+    replicated (refused while a physical replica is attached, unless --force). Workers read the
+    level when they start: restart them after a change.
+    """
+    if level is not None:
+        migrations.set_durability(context.engine, level, schema=context.schema, force=force)
+    current = migrations.read_durability(context.engine, schema=context.schema)
+    click.echo(f"schema {context.schema!r}: durability {current}")
+
+
 @db.command("grant")
 @click.option("--worker", "worker_role", metavar="ROLE", help="role the workers log in as")
 @click.option("--producer", "producer_role", metavar="ROLE", help="role that enqueues jobs")

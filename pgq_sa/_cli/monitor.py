@@ -86,6 +86,7 @@ def status_json(state: Status, schema: str) -> dict[str, Any]:
     return {
         "at": iso(state.at),
         "schema": schema,
+        "durability": state.durability,
         "window_seconds": state.window,
         "short_window_seconds": state.short_window,
         "stale_after_seconds": state.stale_after,
@@ -230,7 +231,8 @@ def _status_lines(state: Status, schema: str) -> list[str]:
     dead = len(state.workers) - len(live)
     at = state.at.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     lines = [
-        f"schema {schema!r} at {at}; rates over the last {duration(state.window)}",
+        f"schema {schema!r} ({state.durability}) at {at}; "
+        f"rates over the last {duration(state.window)}",
         "",
         *_task_lines(state),
         "",

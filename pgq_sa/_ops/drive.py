@@ -13,7 +13,7 @@ from collections.abc import Generator, Mapping, Sequence
 from typing import Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, Row
-from sqlalchemy.engine import Result
+from sqlalchemy.engine import URL, Result
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.sql.expression import Executable
@@ -22,6 +22,18 @@ T = TypeVar("T")
 Params = Union[Mapping[str, Any], None]  # noqa: UP007 - a runtime alias on Python 3.10
 Command = tuple[Executable, Params]
 Operation = Generator[Command, Sequence[Row[Any]], T]
+
+
+def url_of(bind: object) -> URL | None:
+    """The URL ``bind`` connects to, for messages; None when it cannot tell."""
+    try:
+        if isinstance(bind, (Session, scoped_session, AsyncSession)):
+            bind = bind.get_bind()
+        if isinstance(bind, (Engine, Connection, AsyncEngine, AsyncConnection)):
+            return bind.engine.url
+    except Exception:  # an unbound session: no URL to name
+        return None
+    return None
 
 
 def _rows(result: Result[Any]) -> Sequence[Row[Any]]:

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from sqlalchemy.sql.expression import Executable
 
 from pgq_sa._schema import QueueTables
-from pgq_sa._sql import claim, finish, limits, maintenance, producer, schedules, workers
+from pgq_sa._sql import (
+    claim,
+    finish,
+    limits,
+    maintenance,
+    producer,
+    schedules,
+    settings,
+    workers,
+)
 from pgq_sa._sql.dashboard import DashboardStatements
 from pgq_sa._sql.monitoring import MonitoringStatements
 from pgq_sa._sql.workflows import WorkflowStatements
@@ -56,6 +65,10 @@ class Statements:
     fire_schedule: Executable
     list_schedules: Executable
     set_schedule_enabled: Executable
+    read_setting: Executable
+    write_setting: Executable
+    physical_replicas: Executable
+    table_persistence: Executable
     monitoring: MonitoringStatements
     dashboard: DashboardStatements
     workflows: WorkflowStatements
@@ -96,6 +109,10 @@ class Statements:
             fire_schedule=schedules.fire_schedule(tables),
             list_schedules=schedules.list_schedules(tables),
             set_schedule_enabled=schedules.set_schedule_enabled(tables),
+            read_setting=settings.read_setting(tables),
+            write_setting=settings.write_setting(tables),
+            physical_replicas=settings.physical_replicas(),
+            table_persistence=settings.table_persistence(tables),
             monitoring=MonitoringStatements.build(tables),
             dashboard=DashboardStatements.build(tables),
             workflows=WorkflowStatements.build(tables),

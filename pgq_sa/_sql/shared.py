@@ -4,7 +4,7 @@ predicates written as literals (for generic plans), wake-up and finished-job NOT
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
@@ -196,8 +196,8 @@ def claimed_types(tables: QueueTables) -> list[ColumnClause[Any]]:
     ]
 
 
-def one_second() -> ColumnElement[object]:
-    return literal_column("interval '1 second'", type_=Interval)
+def one_second() -> ColumnElement[timedelta]:
+    return literal_column("interval '1 second'", type_=Interval())
 
 
 def in_states(state: ColumnElement[object], *states: str) -> ColumnElement[bool]:
