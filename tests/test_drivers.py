@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from pgq_sa import AsyncWorker, JobStatus, Queue, ThreadWorker
 from pgq_sa._config import async_url, asyncpg_connect_args, make_async_engine, sync_url
-from pgq_sa._worker.listener import ListenConnection, conninfo
+from pgq_sa._notifications import ListenConnection, conninfo
 
 SYNC_DRIVERS = ["psycopg2", "pg8000", "psycopg"]
 ASYNC_DRIVERS = ["asyncpg", "psycopg"]

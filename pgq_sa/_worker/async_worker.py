@@ -140,9 +140,9 @@ class _Tasks:
         self._events = {signal: _Event() for signal in Signal}
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
-        self.core = worker._new_core(self, until_empty)
+        self.core = worker._new_core(self, until_empty, database.url)
         self._fetchers = fetcher_count(worker.options)
-        self._lanes = open_lanes(database, self._fetchers, worker.options.heartbeat_deadline)
+        self._lanes: dict[tuple[effects.Lane, int], Any] = {}  # opened once registered
         self._listen = ListenConnection(database.url, [notify_channel(worker.queue.schema)])
         self._work: deque[Claimed] = deque()
         self._idle_runners: list[anyio.Event] = []
@@ -199,7 +199,16 @@ class _Tasks:
         core, worker = self.core, self._worker
         if not await self._drive(services.register(core)):
             return
-        worker._started(sniffio.current_async_library(), self._database.describe())
+        worker._refuse_transaction_pooling(await self._database.check_pooling())
+        self._lanes = open_lanes(
+            self._database, self._fetchers, worker.options.heartbeat_deadline, core.durability
+        )
+        worker._started(
+            sniffio.current_async_library(),
+            self._database.describe(),
+            self._database.driver,
+            worker._bind,
+        )
         async with anyio.create_task_group() as self._services:
             for name, service in services.background(core):
                 self._running_services.add(name)

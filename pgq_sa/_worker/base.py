@@ -11,8 +11,13 @@ import logging
 import signal
 import threading
 import uuid
+from functools import partial
 from typing import ClassVar, Protocol
 
+from sqlalchemy.engine import URL
+
+from pgq_sa._config import parse_url
+from pgq_sa._errors import ConfigurationError, explain
 from pgq_sa._ops.worker import Identity
 from pgq_sa._queue import Queue
 from pgq_sa._worker.core import Runtime, WorkerCore
@@ -60,8 +65,9 @@ class Worker:
         """How many outcomes this worker has written."""
         return self._core.processed if self._core is not None else 0
 
-    def _new_core(self, runtime: Runtime, until_empty: bool) -> WorkerCore:
+    def _new_core(self, runtime: Runtime, until_empty: bool, url: URL) -> WorkerCore:
         core = WorkerCore(self.queue, self.options, self.identity, runtime, until_empty)
+        core.explain = partial(explain, schema=self.queue.schema, url=url)
         if self._stop_requested.is_set():
             core.begin_stop()
         self._core = core
@@ -78,12 +84,31 @@ class Worker:
         log.info("%s: finishing running jobs, then stopping", name)
         return False
 
-    def _started(self, runtime: str, database: str) -> None:
+    def _refuse_transaction_pooling(self, warning: str | None) -> None:
+        """A worker behind a transaction-pooling PgBouncer would lose its NOTIFY wake-ups and
+        leak its session settings to other clients: it refuses to start, and says the fix."""
+        if warning is not None:
+            raise ConfigurationError(warning)
+
+    def _started(self, runtime: str, database: str, driver: str, bind: object) -> None:
+        """Say where the worker runs, and on which driver: a URL naming another driver than the
+        one a worker runs on (workers run on psycopg, or asyncpg on asyncio, when given a URL)
+        is said, never followed silently."""
+        note = ""
+        if isinstance(bind, (str, URL)):
+            url = parse_url(bind)
+            named = url.get_driver_name() if "+" in url.drivername else ""
+            if named and named != driver:
+                note = (
+                    f"; the URL names {named}, but workers given a URL run on {driver} "
+                    "(pass an Engine of your own to run on another driver)"
+                )
         log.info(
-            "worker %s started on %s (%s): %d %s, tasks %s",
+            "worker %s started on %s (%s%s): %d %s, tasks %s",
             self.identity.name,
             runtime,
             database,
+            note,
             self.options.capacity,
             "threads" if self.kind == "threads" else "at once",
             ", ".join(self.options.task_names),

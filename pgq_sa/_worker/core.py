@@ -112,6 +112,7 @@ class WorkerCore:
     # A claim carrying outcomes failed: claims go without them until the completer has written
     # (a row locked elsewhere must not hold every claim behind it).
     piggyback_paused: bool = False
+    durability: str = "durable"
     # Keyed by (job id, attempt): after a rescue, one worker may run an old attempt of a job
     # (its lease lost) beside the new one it claimed again.
     running: dict[tuple[int, int], Job] = field(default_factory=dict)
@@ -233,6 +234,14 @@ class WorkerCore:
     def held_ids(self) -> list[int]:
         """The ids of the jobs this worker knows it holds (what a stray hand-back keeps)."""
         return sorted({job_id for job_id, _ in self.held})
+
+    def use_durability(self, level: str) -> None:
+        """The schema's durability level, read at start. ``balanced``: claims and heartbeats
+        commit without waiting for the WAL flush, and finishes stay durable, so outcomes no
+        longer ride along with claims (the completer writes them on its own lane)."""
+        self.durability = level
+        if level == "balanced":
+            self.piggyback = False
 
     def mark_registered(self) -> None:
         self.registered = True

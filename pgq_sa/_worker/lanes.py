@@ -42,6 +42,7 @@ from pgq_sa import _deadlines as deadlines
 from pgq_sa._config import make_async_engine, make_engine
 from pgq_sa._deadlines import DEFAULT_STATEMENT_TIMEOUT
 from pgq_sa._ops.drive import Operation, T, run_async, run_sync
+from pgq_sa._pgbouncer import check_async_engine, check_engine
 from pgq_sa._worker import driver_path
 from pgq_sa._worker.effects import Lane
 
@@ -269,6 +270,14 @@ class AsyncioDatabase:
     def describe(self) -> str:
         return describe(self.engine)
 
+    async def check_pooling(self) -> str | None:
+        """A transaction-pooling PgBouncer between the worker and PostgreSQL? (a warning)"""
+        return await check_async_engine(self.transactional_engine)
+
+    @property
+    def driver(self) -> str:
+        return str(self.engine.dialect.driver)
+
     def lane(
         self, setup: Settings = (), *, transactional: bool = False, deadline: float | None = None
     ) -> AsyncLane:
@@ -297,6 +306,14 @@ class ThreadedDatabase:
     def describe(self) -> str:
         return self._sync.describe() + " in worker threads"
 
+    async def check_pooling(self) -> str | None:
+        """A transaction-pooling PgBouncer between the worker and PostgreSQL? (a warning)"""
+        return await anyio.to_thread.run_sync(check_engine, self.transactional_engine)
+
+    @property
+    def driver(self) -> str:
+        return str(self.transactional_engine.dialect.driver)
+
     def lane(
         self, setup: Settings = (), *, transactional: bool = False, deadline: float | None = None
     ) -> ThreadedLane:
@@ -324,18 +341,32 @@ _SETTINGS = {
 }
 
 
+# The ``balanced`` durability level: claims and heartbeats commit without waiting for the WAL
+# flush (after a server crash a claimed job may run again, which at-least-once allows: the
+# rescue requeues it); enqueues and finishes stay durable.
+_ASYNC_COMMIT = (("synchronous_commit", "off"),)
+
+
 def open_lanes(
-    database: Database, fetchers: int, heartbeat_deadline: float | None = None
+    database: Database,
+    fetchers: int,
+    heartbeat_deadline: float | None = None,
+    durability: str = "durable",
 ) -> dict[tuple[Lane, int], Any]:
     """The lanes of one worker: a claim and a limited-claim lane per fetcher (the latter runs
     each claim in a transaction), one finish lane and one heartbeat lane (numbered 0), whose
     deadline may be shorter so a hung heartbeat is retried well within the lease."""
+    fast = _ASYNC_COMMIT if durability == "balanced" else ()
     lanes: dict[tuple[Lane, int], Any] = {}
     for number in range(fetchers):
-        lanes[Lane.CLAIM, number] = database.lane(_SETTINGS[Lane.CLAIM])
-        lanes[Lane.LIMITED, number] = database.lane(_SETTINGS[Lane.LIMITED], transactional=True)
+        lanes[Lane.CLAIM, number] = database.lane((*_SETTINGS[Lane.CLAIM], *fast))
+        lanes[Lane.LIMITED, number] = database.lane(
+            (*_SETTINGS[Lane.LIMITED], *fast), transactional=True
+        )
     lanes[Lane.FINISH, 0] = database.lane(_SETTINGS[Lane.FINISH])
-    lanes[Lane.HEARTBEAT, 0] = database.lane(_SETTINGS[Lane.HEARTBEAT], deadline=heartbeat_deadline)
+    lanes[Lane.HEARTBEAT, 0] = database.lane(
+        (*_SETTINGS[Lane.HEARTBEAT], *fast), deadline=heartbeat_deadline
+    )
     return lanes
 
 

@@ -22,8 +22,8 @@ from sqlalchemy.exc import DBAPIError
 
 from pgq_sa._notifications import Message
 from pgq_sa._ops import schedules as scheduling
+from pgq_sa._ops import settings, workflows
 from pgq_sa._ops import worker as protocol
-from pgq_sa._ops import workflows
 from pgq_sa._ops.drive import Operation
 from pgq_sa._worker.core import HANDOVER_SECONDS, Reservation, WorkerCore
 from pgq_sa._worker.effects import (
@@ -128,6 +128,11 @@ def register(core: WorkerCore) -> Service[bool]:
     limits = partial(protocol.upsert_limits, statements, definitions)
     if (yield from retrying(core, "limits", limits, give_up=Signal.STOPPING)) is None:
         return False
+    durability = partial(settings.read_durability, statements)
+    level = yield from retrying(core, "durability", durability, give_up=Signal.STOPPING)
+    if level is None:
+        return False
+    core.use_durability(level)
     core.mark_registered()
     return True
 

@@ -27,6 +27,7 @@ from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
 from pgq_sa._notifications import ListenConnection
 from pgq_sa._ops.worker import Claimed
+from pgq_sa._pgbouncer import check_engine
 from pgq_sa._queue import Queue
 from pgq_sa._schema import notify_channel
 from pgq_sa._tasks import TaskDefinition
@@ -77,6 +78,7 @@ class ThreadWorker(Worker):
         )
         transactional.refuse_async(options, "ThreadWorker")
         super().__init__(queue, options, name, handle_signals)
+        self._bind = bind
         self._engine, self._owns_engine = sync_engine(bind)
 
     def run(self, *, until_empty: bool = False) -> None:
@@ -125,9 +127,9 @@ class _Threads:
         self._timers = TimerThread()
         self._work: queues_module.SimpleQueue[Claimed | None] = queues_module.SimpleQueue()
         self._database = SyncDatabase(engine, worker.options.statement_timeout)
-        self.core = worker._new_core(self, until_empty)
+        self.core = worker._new_core(self, until_empty, engine.url)
         self._fetchers = fetcher_count(worker.options)
-        self._lanes = open_lanes(self._database, self._fetchers, worker.options.heartbeat_deadline)
+        self._lanes: dict[tuple[effects.Lane, int], Any] = {}  # opened once registered
         self._listen = ListenConnection(engine.url, [notify_channel(worker.queue.schema)])
         self._jobs = transactional.SyncJobs.for_engine(
             engine, worker.options, worker.queue.statements, worker.identity.id
@@ -167,7 +169,16 @@ class _Threads:
         try:
             if not self._drive(services.register(core)):
                 return
-            self._worker._started("threads", self._database.describe())
+            self._worker._refuse_transaction_pooling(check_engine(self._database.engine))
+            self._lanes = open_lanes(
+                self._database, self._fetchers, options.heartbeat_deadline, core.durability
+            )
+            self._worker._started(
+                "threads",
+                self._database.describe(),
+                self._database.engine.dialect.driver,
+                self._worker._bind,
+            )
             for number in range(options.capacity):
                 self._handlers.append(self._start(self._handle_jobs, f"handler-{number}"))
             for name, service in services.background(core):
