@@ -12,22 +12,24 @@ from pgq_sa._errors import (
     ConfigurationError,
     DatabaseMissing,
     DatabaseUnreachable,
+    DedupeConflict,
+    JobCancelled,
+    JobTimeout,
+    MigrationError,
     PgqError,
     SchemaMissing,
     SchemaOutdated,
+    StatementDeadline,
+    TransactionEnded,
+    UpstreamFailed,
+    WorkerLost,
 )
 from pgq_sa._job import Job, JobError, JobInfo, JobSpec, Retry
 from pgq_sa._queue import Queue
 from pgq_sa._schema import JobStatus
 from pgq_sa._tasks import RateLimit
 from pgq_sa._worker import AsyncWorker, ThreadWorker
-from pgq_sa._workflow import (
-    DedupeConflict,
-    UpstreamFailed,
-    Workflow,
-    WorkflowInfo,
-    WorkflowStatus,
-)
+from pgq_sa._workflow import Workflow, WorkflowInfo, WorkflowStatus
 
 __all__ = [
     "AsyncWorker",
@@ -36,18 +38,24 @@ __all__ = [
     "DatabaseUnreachable",
     "DedupeConflict",
     "Job",
+    "JobCancelled",
     "JobError",
     "JobInfo",
     "JobSpec",
     "JobStatus",
+    "JobTimeout",
+    "MigrationError",
     "PgqError",
     "Queue",
     "RateLimit",
     "Retry",
     "SchemaMissing",
     "SchemaOutdated",
+    "StatementDeadline",
     "ThreadWorker",
+    "TransactionEnded",
     "UpstreamFailed",
+    "WorkerLost",
     "Workflow",
     "WorkflowInfo",
     "WorkflowStatus",

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pgq_sa import _monitoring as monitoring
+from pgq_sa._errors import SchemaMissing
 from pgq_sa._job import JobError
 from pgq_sa._monitoring import JobSummary, Status, job_summary
 from pgq_sa._ops import producer
@@ -32,10 +33,6 @@ SCAN_WINDOW = 100_000  # ids a task/queue filter on the history reads per page
 NEIGHBOURS = 200  # upstream/downstream steps listed on a job's page
 MAX_STEPS = 2_000  # steps of a workflow read for its graph
 MAX_EDGES = 10_000
-
-
-class SchemaMissing(LookupError):
-    """The queue's tables are not there (or not up to date) in the schema."""
 
 
 @dataclass(frozen=True)

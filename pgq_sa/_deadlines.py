@@ -26,19 +26,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from pgq_sa._errors import StatementDeadline
 from pgq_sa._timers import TimerThread
 
+__all__ = ["DEFAULT_STATEMENT_TIMEOUT", "StatementDeadline", "async_guard", "guard", "timers"]
+
 DEFAULT_STATEMENT_TIMEOUT = 10.0
-
-
-class StatementDeadline(TimeoutError):
-    """No answer from the database within the worker's statement deadline."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(
-            f"no answer from the database within {seconds:g}s (statement_timeout): the "
-            "connection was cut and will be replaced"
-        )
 
 
 _timers: TimerThread | None = None

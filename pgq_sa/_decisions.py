@@ -24,18 +24,6 @@ BACKOFF_CAP = 3600.0
 BACKOFF_JITTER = 0.25
 
 
-class JobTimeout(Exception):
-    """The handler ran past its task's ``timeout``."""
-
-
-class JobCancelled(Exception):
-    """The job was cancelled while it ran."""
-
-
-class WorkerLost(Exception):
-    """The worker holding the job stopped heartbeating."""
-
-
 def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds before retry number ``attempt`` (1-based): exponential, capped, with jitter."""
     exponent = min(max(attempt - 1, 0), 30)
@@ -56,14 +44,21 @@ class Outcome:
     written: bool = False  # already recorded (a transactional task's own transaction)
 
 
+def error_type_name(kind: type[BaseException]) -> str:
+    """How an exception's type is stored: a builtin by its name, one of pgq_sa's own by the name
+    ``pgq_sa`` exports it under (``pgq_sa.JobTimeout``, stable whichever module defines it),
+    anything else by its module and name."""
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    if kind.__module__.split(".")[0] == "pgq_sa":
+        return f"pgq_sa.{kind.__qualname__}"
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
 def error_json(error: BaseException, attempt: int, *, with_traceback: bool = True) -> str:
     """An exception as stored JSON: its type, message and traceback."""
     kind = type(error)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    name = error_type_name(kind)
     text = (
         "".join(traceback.format_exception(kind, error, error.__traceback__))
         if with_traceback

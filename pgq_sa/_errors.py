@@ -25,9 +25,17 @@ __all__ = [
     "ConfigurationError",
     "DatabaseMissing",
     "DatabaseUnreachable",
+    "DedupeConflict",
+    "JobCancelled",
+    "JobTimeout",
+    "MigrationError",
     "PgqError",
     "SchemaMissing",
     "SchemaOutdated",
+    "StatementDeadline",
+    "TransactionEnded",
+    "UpstreamFailed",
+    "WorkerLost",
     "explain",
     "explained",
 ]
@@ -56,6 +64,56 @@ class SchemaOutdated(ConfigurationError):
 class DatabaseUnreachable(PgqError):
     """No PostgreSQL answered at the URL's address: a wrong host or port, or a server that is
     down. Not a :class:`ConfigurationError`: a server that restarts is unreachable for a while."""
+
+
+# --- what a job's stored error names (its ``error.type`` is ``pgq_sa.<Name>``) -----------------
+
+
+class JobTimeout(Exception):
+    """The handler ran past its task's ``timeout``."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+class WorkerLost(Exception):
+    """The worker holding the job stopped heartbeating."""
+
+
+class TransactionEnded(RuntimeError):
+    """The handler committed or rolled back ``job.connection`` itself."""
+
+
+class UpstreamFailed(Exception):
+    """Stored as the error of a workflow step cancelled because a step it waits for (directly or
+    through other steps) failed for good or was cancelled; ``error.type`` is
+    ``"pgq_sa.UpstreamFailed"``. Never raised: it names what happened."""
+
+
+class DedupeConflict(Exception):
+    """A step's ``dedupe_key`` is held by an unfinished job that is not a step of a workflow
+    (``enqueue_workflow``), or by another job when a retry would revive the step
+    (``retry_workflow``). Nothing was written."""
+
+    def __init__(self, message: str, *, key: str, holder: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.holder = holder
+
+
+class MigrationError(PgqError, RuntimeError):
+    """The database's queue schema is in a state these migrations cannot move from."""
+
+
+class StatementDeadline(TimeoutError):
+    """No answer from the database within the worker's statement deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"no answer from the database within {seconds:g}s (statement_timeout): the "
+            "connection was cut and will be replaced"
+        )
 
 
 _UPGRADE = (

@@ -31,6 +31,15 @@ class JobSpec:
     max_attempts: int | None = None
 
 
+def stable_type_name(stored: str) -> str:
+    """The public name of a type pgq_sa stored under a module path in earlier releases
+    (``pgq_sa.decisions.JobTimeout``, ``pgq_sa.workers.transactional.TransactionEnded``): its
+    exceptions are all exported from ``pgq_sa`` under the same name."""
+    if stored.startswith("pgq_sa.") and stored.count(".") > 1:
+        return "pgq_sa." + stored.rsplit(".", 1)[1]
+    return stored
+
+
 @dataclass(frozen=True)
 class JobError:
     """What a failed attempt left behind: the exception's type, message and traceback."""
@@ -48,7 +57,7 @@ class JobError:
         if not isinstance(data, dict):
             return None
         return cls(
-            type=str(data.get("type", "")),
+            type=stable_type_name(str(data.get("type", ""))),
             message=str(data.get("message", "")),
             traceback=data.get("traceback"),
             attempt=data.get("attempt"),

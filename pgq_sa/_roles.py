@@ -42,6 +42,7 @@ WORKER_PLAN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     *(("schedules", p, ()) for p in ("SELECT", "INSERT", "UPDATE")),
     *(("workflows", p, ()) for p in _ALL_WRITE),
     *(("job_dependencies", p, ()) for p in _ALL_WRITE),
+    ("settings", "SELECT", ()),  # the durability level, read at start (set by the owner)
 )
 # What a workflow step's insert sets beyond a plain job's.
 STEP_COLUMNS = ("workflow_id", "state", "waiting_for", "on_upstream_failure", "awaited")
@@ -59,6 +60,7 @@ PRODUCER_PLAN: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("workflows", "UPDATE", ("name",)),  # the row lock of cancel_workflow (FOR UPDATE)
     ("job_dependencies", "SELECT", ()),
     ("job_dependencies", "INSERT", ()),
+    ("settings", "SELECT", ()),  # shown by status
 )
 
 _NOT_ROLES = frozenset({"public", "none", "current_user", "current_role", "session_user"})

@@ -23,23 +23,6 @@ MAX_EDGES = 1_000_000
 """The most dependencies (``after`` entries) one workflow may have when it is enqueued."""
 
 
-class UpstreamFailed(Exception):
-    """Stored as the error of a workflow step cancelled because a step it waits for (directly or
-    through other steps) failed for good or was cancelled; ``error.type`` is
-    ``"pgq_sa.UpstreamFailed"``. Never raised: it names what happened."""
-
-
-class DedupeConflict(Exception):
-    """A step's ``dedupe_key`` is held by an unfinished job that is not a step of a workflow
-    (``enqueue_workflow``), or by another job when a retry would revive the step
-    (``retry_workflow``). Nothing was written."""
-
-    def __init__(self, message: str, *, key: str, holder: int) -> None:
-        super().__init__(message)
-        self.key = key
-        self.holder = holder
-
-
 class WorkflowStatus(str, enum.Enum):
     """Where a workflow stands. ``running`` while any step has not finished; then ``succeeded``
     (every step succeeded), ``failed`` (a step failed for good) or ``cancelled`` (none failed,

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
-from pgq_sa._errors import PgqError, explained
+from pgq_sa._errors import MigrationError, explained
 from pgq_sa._ops import settings
 from pgq_sa._ops.drive import run_sync
 from pgq_sa._ops.settings import Durability, durability_level
@@ -57,10 +57,6 @@ log = logging.getLogger("pgq_sa.migrations")
 BRANCH_LABEL = "pgq_sa"
 _SCHEMA_ATTRIBUTE = "pgq_sa_schema"
 _REVISIONS = [step.revision for step in STEPS]
-
-
-class MigrationError(PgqError, RuntimeError):
-    """The database's queue schema is in a state these migrations cannot move from."""
 
 
 def head_revision() -> str:

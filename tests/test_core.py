@@ -392,7 +392,8 @@ def test_the_heartbeat_registers_a_new_incarnation_when_its_row_is_gone():
     assert params["worker_id"] == core.worker_id
     assert params["lease_timeout"] == core.options.lease_timeout
     step(heartbeat, True)  # the limits
-    step(heartbeat, True)
+    step(heartbeat, True)  # the durability level
+    step(heartbeat, "durable")
     assert core.registered
 
 

@@ -166,13 +166,13 @@ def test_event_sequences_on_every_worker(kind, engine, database_url):
 
     retried = recorder.of(ids["flaky"])[2]
     assert isinstance(retried, Retried)
-    assert (retried.error_type, retried.delay) == ("pgq_sa._job.Retry", 0)
+    assert (retried.error_type, retried.delay) == ("pgq_sa.Retry", 0)
     failed = recorder.of(ids["flaky"])[4]
     assert isinstance(failed, Failed)
     assert (failed.error_type, failed.error_message) == ("ValueError", "second attempt broke")
     cancelled = recorder.of(ids["stoppable"])[2]
     assert isinstance(cancelled, Cancelled)
-    assert cancelled.error_type == "pgq_sa._decisions.JobCancelled"
+    assert cancelled.error_type == "pgq_sa.JobCancelled"
     assert SECRET not in repr(recorder.events)
 
 

@@ -50,7 +50,7 @@ def test_async_handler_is_cancelled_at_its_timeout(kind, engine, database_url, m
     assert info.status is JobStatus.queued  # the usual retry rules: one attempt left
     assert info.attempts == 1
     assert "timeout" in info.error.message
-    assert info.error.type == "pgq_sa._decisions.JobTimeout"
+    assert info.error.type == "pgq_sa.JobTimeout"
 
 
 def test_sync_handler_sees_its_deadline_and_is_recorded_as_timed_out(kind, engine, database_url):
@@ -111,7 +111,7 @@ def test_cancelling_a_running_job_reaches_its_worker_within_a_second(kind, engin
         running.stop()
     assert finished_normally == []
     info = queue.get(engine, sync_id)
-    assert info.error.type == "pgq_sa._decisions.JobCancelled"
+    assert info.error.type == "pgq_sa.JobCancelled"
 
 
 def test_cancel_by_polling_when_the_notify_is_missed(engine, database_url):

@@ -212,7 +212,7 @@ def test_a_timed_out_transactional_attempt_is_rolled_back(kind, engine, database
 
     info = queue.get(engine, timed_out)
     assert info.status is JobStatus.failed
-    assert info.error.type == "pgq_sa._decisions.JobTimeout"
+    assert info.error.type == "pgq_sa.JobTimeout"
     with engine.connect() as connection:
         effects = sorted(connection.execute(text("SELECT job_id FROM effects")).scalars())
     assert effects == sorted(after)  # nothing of the timed-out attempt; the pool still works
@@ -230,7 +230,7 @@ def test_a_handler_that_commits_job_connection_itself_fails_the_attempt(engine, 
     run_worker(make_worker("threads", queue, database_url, size=1), "threads")
     info = queue.get(engine, job_id)
     assert info.status is JobStatus.failed
-    assert info.error.type == "pgq_sa._worker.transactional.TransactionEnded"
+    assert info.error.type == "pgq_sa.TransactionEnded"
     assert "begin_nested()" in info.error.message
 
 

@@ -12,6 +12,7 @@ import contextlib
 import click
 
 from pgq_sa._cli.app import Context, cli, fail, handles_errors, pass_context
+from pgq_sa._errors import SchemaMissing
 
 INSECURE_WARNING = (
     "WARNING: serving the dashboard on {host} WITHOUT AUTHENTICATION (--insecure-no-auth): "
@@ -66,7 +67,7 @@ def web(context: Context, host: str, port: int, read_only: bool, insecure_no_aut
     queue = context.queue
     try:
         access = run_sync(context.engine, dashboard.access(queue.statements))
-    except dashboard.SchemaMissing as error:
+    except SchemaMissing as error:
         fail(str(error))
         return
     app = create_app(context.engine, schema=context.schema, read_only=read_only, auth=credentials)

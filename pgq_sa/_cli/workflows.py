@@ -14,13 +14,14 @@ import click
 from pgq_sa._cli.app import Context, cli, fail, handles_errors, pass_context
 from pgq_sa._cli.jobs import _job_json
 from pgq_sa._cli.monitor import echo_json, iso
+from pgq_sa._errors import DedupeConflict
 from pgq_sa._format import duration
 from pgq_sa._job import JobInfo
 from pgq_sa._ops import workflows as wf_operations
 from pgq_sa._ops.drive import run_sync
 from pgq_sa._queue import Queue
 from pgq_sa._schema import JobStatus
-from pgq_sa._workflow import DedupeConflict, WorkflowInfo, WorkflowStatus
+from pgq_sa._workflow import WorkflowInfo, WorkflowStatus
 
 MAX_LIST = 10_000
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from pgq_sa._decisions import Outcome
+from pgq_sa._errors import DedupeConflict
 from pgq_sa._events import EventHub
 from pgq_sa._ops import worker as protocol
 from pgq_sa._ops.drive import Operation
@@ -24,7 +25,7 @@ from pgq_sa._ops.producer import NewJob, job_info, json_columns
 from pgq_sa._schema import JobStatus
 from pgq_sa._sql import Statements
 from pgq_sa._sql.workflows import UPSTREAM_FAILED
-from pgq_sa._workflow import DedupeConflict, WorkflowInfo, workflow_status
+from pgq_sa._workflow import WorkflowInfo, workflow_status
 
 log = logging.getLogger("pgq_sa.workflows")
 

@@ -24,7 +24,8 @@ import anyio.to_thread
 
 from pgq_sa import _deadlines as deadlines
 from pgq_sa import _decisions as decisions
-from pgq_sa._decisions import JobCancelled, JobTimeout, Outcome
+from pgq_sa._decisions import Outcome
+from pgq_sa._errors import JobCancelled, JobTimeout
 from pgq_sa._events import EventHub
 from pgq_sa._job import Job
 from pgq_sa._tasks import TaskDefinition

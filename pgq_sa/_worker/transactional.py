@@ -35,6 +35,7 @@ from sqlalchemy.pool import Pool, QueuePool
 from pgq_sa import _decisions as decisions
 from pgq_sa._config import make_engine
 from pgq_sa._decisions import Outcome
+from pgq_sa._errors import TransactionEnded
 from pgq_sa._events import EventHub
 from pgq_sa._job import Job
 from pgq_sa._ops import worker as protocol
@@ -52,10 +53,6 @@ log = logging.getLogger("pgq_sa.worker")
 # Connections a worker's own components may hold at once besides its fetch lanes: the finish
 # lane, heartbeat, maintenance, scheduler, the listener's catch-up read and a hand-back.
 _OWN_CONNECTIONS = 6
-
-
-class TransactionEnded(RuntimeError):
-    """The handler committed or rolled back ``job.connection`` itself."""
 
 
 def connection_slots(pool: Pool, options: WorkerOptions) -> int:

@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pgq_sa._dashboard import SchemaMissing
+from pgq_sa._errors import SchemaMissing
 from pgq_sa._queue import Queue
 from pgq_sa._schema import DEFAULT_SCHEMA
 from pgq_sa.web import _actions as actions
