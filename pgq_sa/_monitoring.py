@@ -79,6 +79,8 @@ class WorkerState:
     heartbeat_age: float
     running: int
     alive: bool
+    heartbeat_interval: float | None = None  # its own settings (None: a worker of an earlier
+    lease_timeout: float | None = None  # release, judged by ``stale_after``)
 
     def serves(self, queue: str, task: str) -> bool:
         """Would this worker claim a job of ``task`` in ``queue``?"""
@@ -88,8 +90,9 @@ class WorkerState:
 def list_workers(
     statements: Statements, stale_after: float = DEFAULT_STALE_AFTER
 ) -> Operation[list[WorkerState]]:
-    """Every registered worker; ``alive`` is false once its heartbeat is older than
-    ``stale_after`` seconds (it stays listed until a live worker's rescue forgets it)."""
+    """Every registered worker; ``alive`` is false once its heartbeat is older than its own
+    lease, as the rescue judges it (``stale_after`` seconds for workers of earlier releases,
+    which stored none); a dead one stays listed until a live worker's rescue forgets it."""
     rows = yield statements.monitoring.list_workers, None
     return [
         WorkerState(
@@ -105,7 +108,9 @@ def list_workers(
             heartbeat_at=r.heartbeat_at,
             heartbeat_age=max(0.0, r.heartbeat_age),
             running=r.running,
-            alive=r.heartbeat_age <= stale_after,
+            alive=r.heartbeat_age <= (r.lease_timeout or stale_after),
+            heartbeat_interval=r.heartbeat_interval,
+            lease_timeout=r.lease_timeout,
         )
         for r in rows
     ]

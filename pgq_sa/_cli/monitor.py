@@ -36,7 +36,8 @@ stale_after_option = click.option(
     default=monitoring.DEFAULT_STALE_AFTER,
     show_default=True,
     metavar="SECONDS",
-    help="a worker silent for longer is shown as dead",
+    help="workers of earlier releases silent for longer are shown as dead (the others are "
+    "judged by their own lease, as the rescue judges them)",
 )
 window_option = click.option(
     "--window",
@@ -78,6 +79,8 @@ def worker_json(worker: WorkerState) -> dict[str, Any]:
         "heartbeat_age_seconds": _round(worker.heartbeat_age),
         "running": worker.running,
         "alive": worker.alive,
+        "heartbeat_interval_seconds": worker.heartbeat_interval,
+        "lease_timeout_seconds": worker.lease_timeout,
     }
 
 

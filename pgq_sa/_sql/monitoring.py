@@ -181,6 +181,8 @@ def list_workers(tables: QueueTables) -> Executable:
         workers.c.heartbeat_at,
         age(workers.c.heartbeat_at).label("heartbeat_age"),
         running.label("running"),
+        workers.c.heartbeat_interval,
+        workers.c.lease_timeout,
     ).order_by(workers.c.started_at, workers.c.name)
 
 
