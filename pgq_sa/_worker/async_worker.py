@@ -143,7 +143,9 @@ class _Tasks:
         self.core = worker._new_core(self, until_empty, database.url)
         self._fetchers = fetcher_count(worker.options)
         self._lanes: dict[tuple[effects.Lane, int], Any] = {}  # opened once registered
-        self._listen = ListenConnection(database.url, [notify_channel(worker.queue.schema)])
+        # the URL as given: an async engine's URL lost the options it turned into connect args
+        given = worker._bind if isinstance(worker._bind, (str, URL)) else database.url
+        self._listen = ListenConnection(given, [notify_channel(worker.queue.schema)])
         self._work: deque[Claimed] = deque()
         self._idle_runners: list[anyio.Event] = []
         self._summoned = 0  # runners woken for the deque that have not resumed yet
@@ -284,13 +286,20 @@ class _Tasks:
             assert self._runners is not None
             self._runners.cancel_scope.cancel()
         elif step is effects.ShutdownStep.JOIN_COMPLETER:
-            await self._wait_until(lambda: "completer" not in self._running_services)
+            with anyio.move_on_after(self.core.final_deadline):
+                await self._wait_until(self._completer_done)
+            if not self._completer_done():  # a write still waiting for an answer: cut it
+                self._lanes[effects.Lane.FINISH, 0].interrupt()
+                await self._wait_until(self._completer_done)
         elif step is effects.ShutdownStep.CLOSE_LANES:
             for lane in self._lanes.values():
                 await lane.close()
         elif step is effects.ShutdownStep.JOIN_SERVICES:
             await self._wait_until(lambda: not self._running_services)
             self._listen.close()
+
+    def _completer_done(self) -> bool:
+        return "completer" not in self._running_services
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

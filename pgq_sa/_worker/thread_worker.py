@@ -250,7 +250,11 @@ class _Threads:
             for _ in self._handlers:
                 self._work.put(None)
         elif step is effects.ShutdownStep.JOIN_COMPLETER:
-            self._services["completer"].join()
+            completer = self._services["completer"]
+            completer.join(self.core.final_deadline)
+            if completer.is_alive():  # a write still waiting for its answer: cut it
+                self._lanes[effects.Lane.FINISH, 0].interrupt()
+                completer.join()
         elif step is effects.ShutdownStep.CLOSE_LANES:
             self._close_lanes()
         elif step is effects.ShutdownStep.JOIN_SERVICES:

@@ -2,17 +2,15 @@
 cutting in user space (any machine: only client-side deadlines can notice such a cut), and
 the dead-connection ones again in a kernel blackhole (root on Linux) where keepalives can.
 
-The scenarios the new worker core must fix (issue 14) are marked xfail (not strict): cut in
-user space, a worker whose connections died never claims again and ignores SIGTERM, and a
-LISTEN connection that died is never noticed (only a client-side deadline or probe can tell);
-a statement waiting on a lock has no deadline and blocks SIGTERM. Heal-alive fails now and
-then: the claim sent during the cut runs at the heal while the worker's row is gone, so the
-rescue (often the worker's own, also sent during the cut) takes those jobs back and they run
-twice (claims do not check the claimer's row). In the kernel blackhole the
-same heal-dead and listen-dead pass today: the engines' and the LISTEN connection's keepalives
-and tcp_user_timeout (NetworkSettings) end the dead connections.
-Each scenario bounds every wait and kills what hangs, so a failure costs its bounds (under a
-minute), never a wedged run; ``-rxX`` shows how each failed or that it now passes.
+What each scenario proves (issue 14), on every worker kind: cut while jobs run, the cut
+worker's jobs are rescued after its lease and its late outcomes refused; healed with its old
+connections alive, or dead (in user space only the client-side statement deadlines can tell a
+dead connection; in the kernel blackhole keepalives and tcp_user_timeout can too), it is back to
+work within seconds and claims nothing while its row is gone (no duplicates but the jobs it was
+running); a LISTEN connection cut alone falls back to polling and LISTENs again (the ping after
+5 s of silence finds a dead one); a statement hung on a lock hits its deadline, the worker keeps
+going, and SIGTERM still stops it. Each scenario bounds every wait and kills what hangs, so a
+failure costs its bounds (under a minute), never a wedged run.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from partition_run import KINDS, Config, run_partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-ISSUE_14 = pytest.mark.xfail(strict=False, reason="issue 14: fixed by the new worker core")
 IN_NAMESPACE = pytest.mark.skipif(
     netns.unavailable() is not None, reason=f"{netns.unavailable()}: netns runs skipped"
 )
@@ -34,11 +31,11 @@ def scenario(name: str, network: str = "proxy", *marks: pytest.MarkDecorator) ->
 
 
 CASES = [
-    *scenario("heal-alive", "proxy", ISSUE_14),
-    *scenario("heal-dead", "proxy", ISSUE_14),
+    *scenario("heal-alive"),
+    *scenario("heal-dead"),
     *scenario("listen-alive"),
-    *scenario("listen-dead", "proxy", ISSUE_14),
-    *scenario("hung-statement", "proxy", ISSUE_14),
+    *scenario("listen-dead"),
+    *scenario("hung-statement"),
 ]
 BLACKHOLE_CASES = [
     pytest.param(*case.values, marks=(*case.marks, IN_NAMESPACE), id=f"{case.id}-netns")
@@ -53,21 +50,7 @@ def test_partition(name, kind, network, server_url, tmp_path):
     assert outcome.ok, outcome.summary()
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "threads",
-        pytest.param(
-            "asyncio",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="application_name on asyncpg: fixed by the async URL translation "
-                "(branch compat)",
-            ),
-        ),
-        "trio",
-    ],
-)
+@pytest.mark.parametrize("kind", KINDS)
 def test_the_cut_worker_is_known_by_its_application_name(kind, server_url, tmp_path):
     config = Config("listen-alive", kind, application_name="pgq_sa_cut_worker")
     outcome = run_partition(config, server_url, tmp_path)
