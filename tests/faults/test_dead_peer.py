@@ -26,6 +26,8 @@ from sqlalchemy.exc import DBAPIError
 
 from pgq_sa._config import DEFAULT_NETWORK, NetworkSettings, make_async_engine, make_engine
 
+pytestmark = [pytest.mark.faults]
+
 CLIENT = Path(__file__).with_name("dead_peer_client.py")
 MARGIN = 3.0  # seconds beyond the configured bound: scheduling and timer granularity
 HOLD = NetworkSettings(connect_timeout=2)

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from pgq_sa import JobSpec, Queue
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
 @pytest.mark.timeout(280)

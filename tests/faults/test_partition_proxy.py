@@ -20,6 +20,8 @@ from partition_proxy import PartitionProxy, startup_parameters, upstream_address
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+pytestmark = [pytest.mark.faults]
+
 QUIET = 0.5  # seconds in which a forwarding proxy would certainly have answered
 
 

@@ -19,7 +19,7 @@ import netns
 import pytest
 from partition_run import KINDS, Config, run_partition
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(180)]
 
 IN_NAMESPACE = pytest.mark.skipif(
     netns.unavailable() is not None, reason=f"{netns.unavailable()}: netns runs skipped"
