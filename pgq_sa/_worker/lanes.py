@@ -315,10 +315,17 @@ class ThreadedDatabase:
         return str(self.transactional_engine.dialect.driver)
 
     def lane(
-        self, setup: Settings = (), *, transactional: bool = False, deadline: float | None = None
+        self,
+        setup: Settings = (),
+        *,
+        transactional: bool = False,
+        deadline: float | None = None,
+        dedicated: bool = False,
     ) -> ThreadedLane:
+        """A lane run in the database's worker threads; ``dedicated``: in a thread of its own,
+        never queued behind the others (the heartbeat: a late one gets a worker rescued)."""
         lane = self._sync.lane(setup, transactional=transactional, deadline=deadline)
-        return ThreadedLane(lane, self._limiter)
+        return ThreadedLane(lane, anyio.CapacityLimiter(1) if dedicated else self._limiter)
 
 
 def describe(engine: Engine | AsyncEngine) -> str:
@@ -364,9 +371,13 @@ def open_lanes(
             (*_SETTINGS[Lane.LIMITED], *fast), transactional=True
         )
     lanes[Lane.FINISH, 0] = database.lane(_SETTINGS[Lane.FINISH])
-    lanes[Lane.HEARTBEAT, 0] = database.lane(
-        (*_SETTINGS[Lane.HEARTBEAT], *fast), deadline=heartbeat_deadline
-    )
+    heartbeat = (*_SETTINGS[Lane.HEARTBEAT], *fast)
+    if isinstance(database, ThreadedDatabase):  # its own thread: never behind busy claims
+        lanes[Lane.HEARTBEAT, 0] = database.lane(
+            heartbeat, deadline=heartbeat_deadline, dedicated=True
+        )
+    else:
+        lanes[Lane.HEARTBEAT, 0] = database.lane(heartbeat, deadline=heartbeat_deadline)
     return lanes
 
 
