@@ -22,7 +22,7 @@ from pgq_sa._events import EventHub
 from pgq_sa._job import JobInfo, JobSpec, StepRequest
 from pgq_sa._ops import producer as operations
 from pgq_sa._ops import workflows as wf_operations
-from pgq_sa._ops.drive import Operation, run_async, run_sync, url_of
+from pgq_sa._ops.drive import AsyncBind, Operation, SyncBind, run_async, run_sync, url_of
 from pgq_sa._schema import DEFAULT_SCHEMA, QueueTables, build_tables
 from pgq_sa._sql import Statements
 from pgq_sa._tasks import DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, TaskDefinition, define_task
@@ -306,11 +306,11 @@ class Queue:
 
     # --- running an operation: the driver's setting errors become pgq_sa's ---------------------
 
-    def _run(self, bind: Any, operation: Operation[T]) -> T:
+    def _run(self, bind: SyncBind, operation: Operation[T]) -> T:
         with explained(schema=self.schema, url=url_of(bind)):
             return run_sync(bind, operation)
 
-    async def _run_async(self, bind: Any, operation: Operation[T]) -> T:
+    async def _run_async(self, bind: AsyncBind, operation: Operation[T]) -> T:
         with explained(schema=self.schema, url=url_of(bind)):
             return await run_async(bind, operation)
 
@@ -318,7 +318,7 @@ class Queue:
 
     def enqueue(
         self,
-        bind: Any,
+        bind: SyncBind,
         task: str,
         payload: Any = None,
         *,
@@ -343,26 +343,26 @@ class Queue:
         )
         return self._run(bind, operations.enqueue(self.statements, [job], self.events))[0]
 
-    def enqueue_many(self, bind: Any, specs: Iterable[JobSpec]) -> list[int]:
+    def enqueue_many(self, bind: SyncBind, specs: Iterable[JobSpec]) -> list[int]:
         """Enqueue many jobs in one statement; ids come back in the order of ``specs``."""
         jobs = self._new_jobs(specs)
         if not jobs:
             return []
         return self._run(bind, operations.enqueue(self.statements, jobs, self.events))
 
-    def get(self, bind: Any, job_id: int) -> JobInfo | None:
+    def get(self, bind: SyncBind, job_id: int) -> JobInfo | None:
         """The job ``job_id`` as stored now, or None."""
         return self._run(bind, operations.get(self.statements, _job_id(job_id)))
 
-    def cancel(self, bind: Any, job_id: int) -> bool:
+    def cancel(self, bind: SyncBind, job_id: int) -> bool:
         """Cancel a queued job, or ask a running one to stop; True if it was queued or running."""
         return self._run(bind, operations.cancel(self.statements, _job_id(job_id)))
 
-    def retry(self, bind: Any, job_id: int) -> bool:
+    def retry(self, bind: SyncBind, job_id: int) -> bool:
         """Queue a failed or cancelled job again; True if it was."""
         return self._run(bind, operations.retry(self.statements, _job_id(job_id)))
 
-    def wait(self, bind: Any, job_id: int, timeout: float | None = None) -> JobInfo:
+    def wait(self, bind: SyncBind, job_id: int, timeout: float | None = None) -> JobInfo:
         """Block until job ``job_id`` has finished and return it; ``TimeoutError`` after
         ``timeout`` seconds, ``LookupError`` if there is no such job."""
         from pgq_sa import _waiting as waiting
@@ -371,7 +371,7 @@ class Queue:
         with explained(schema=self.schema, url=url_of(bind)):
             return waiting.wait(self.statements, bind, _job_id(job_id), limit)
 
-    def enqueue_workflow(self, bind: Any, flow: Workflow) -> int:
+    def enqueue_workflow(self, bind: SyncBind, flow: Workflow) -> int:
         """Enqueue every step of ``flow`` on ``bind`` and return the workflow's id. On a
         Session/Connection it commits or rolls back with the caller, in a constant number of
         statements (one, unless a step's dedupe key is held: see docs/workflows.md)."""
@@ -379,14 +379,14 @@ class Queue:
         operation = wf_operations.enqueue_workflow(self.statements, flow.name, steps, self.events)
         return run_sync(bind, operation)
 
-    def get_workflow(self, bind: Any, workflow_id: int) -> WorkflowInfo | None:
+    def get_workflow(self, bind: SyncBind, workflow_id: int) -> WorkflowInfo | None:
         """The workflow ``workflow_id`` and its steps as stored now, or None."""
         return run_sync(
             bind, wf_operations.get_workflow(self.statements, _workflow_id(workflow_id))
         )
 
     def wait_workflow(
-        self, bind: Any, workflow_id: int, timeout: float | None = None
+        self, bind: SyncBind, workflow_id: int, timeout: float | None = None
     ) -> WorkflowInfo:
         """Block until every step of workflow ``workflow_id`` has finished and return it;
         ``TimeoutError`` after ``timeout`` seconds, ``LookupError`` if there is no such one."""
@@ -395,23 +395,23 @@ class Queue:
         limit = None if timeout is None else validation.seconds(timeout, "timeout")
         return waiting.wait_workflow(self.statements, bind, _workflow_id(workflow_id), limit)
 
-    def cancel_workflow(self, bind: Any, workflow_id: int) -> int:
+    def cancel_workflow(self, bind: SyncBind, workflow_id: int) -> int:
         """Cancel every step of the workflow that has not finished (running ones are asked to
         stop); return how many steps that concerned (0: none, or no such workflow)."""
         operation = wf_operations.cancel_workflow(self.statements, _workflow_id(workflow_id))
         return run_sync(bind, operation)
 
-    def retry_workflow(self, bind: Any, workflow_id: int) -> int:
+    def retry_workflow(self, bind: SyncBind, workflow_id: int) -> int:
         """Run the failed steps of the workflow again, and the steps cancelled because of them
         (succeeded steps are kept); return how many steps were revived (0: nothing to retry)."""
         operation = wf_operations.retry_workflow(self.statements, _workflow_id(workflow_id))
         return run_sync(bind, operation)
 
-    def pause(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
+    def pause(self, bind: SyncBind, name: str = DEFAULT_QUEUE) -> None:
         """Stop every worker from claiming jobs of queue ``name``; running jobs finish."""
         self._run(bind, operations.set_paused(self.statements, validation.queue_name(name), True))
 
-    def resume(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
+    def resume(self, bind: SyncBind, name: str = DEFAULT_QUEUE) -> None:
         """Let workers claim jobs of queue ``name`` again."""
         self._run(bind, operations.set_paused(self.statements, validation.queue_name(name), False))
 
@@ -419,7 +419,7 @@ class Queue:
 
     async def enqueue_async(
         self,
-        bind: Any,
+        bind: AsyncBind,
         task: str,
         payload: Any = None,
         *,
@@ -445,23 +445,25 @@ class Queue:
             await self._run_async(bind, operations.enqueue(self.statements, [job], self.events))
         )[0]
 
-    async def enqueue_many_async(self, bind: Any, specs: Iterable[JobSpec]) -> list[int]:
+    async def enqueue_many_async(self, bind: AsyncBind, specs: Iterable[JobSpec]) -> list[int]:
         """:meth:`enqueue_many` on an async bind."""
         jobs = self._new_jobs(specs)
         if not jobs:
             return []
         return await self._run_async(bind, operations.enqueue(self.statements, jobs, self.events))
 
-    async def get_async(self, bind: Any, job_id: int) -> JobInfo | None:
+    async def get_async(self, bind: AsyncBind, job_id: int) -> JobInfo | None:
         return await self._run_async(bind, operations.get(self.statements, _job_id(job_id)))
 
-    async def cancel_async(self, bind: Any, job_id: int) -> bool:
+    async def cancel_async(self, bind: AsyncBind, job_id: int) -> bool:
         return await self._run_async(bind, operations.cancel(self.statements, _job_id(job_id)))
 
-    async def retry_async(self, bind: Any, job_id: int) -> bool:
+    async def retry_async(self, bind: AsyncBind, job_id: int) -> bool:
         return await self._run_async(bind, operations.retry(self.statements, _job_id(job_id)))
 
-    async def wait_async(self, bind: Any, job_id: int, timeout: float | None = None) -> JobInfo:
+    async def wait_async(
+        self, bind: AsyncBind, job_id: int, timeout: float | None = None
+    ) -> JobInfo:
         """:meth:`wait` for async code (asyncio or trio)."""
         from pgq_sa import _waiting as waiting
 
@@ -469,18 +471,18 @@ class Queue:
         with explained(schema=self.schema, url=url_of(bind)):
             return await waiting.wait_async(self.statements, bind, _job_id(job_id), limit)
 
-    async def enqueue_workflow_async(self, bind: Any, flow: Workflow) -> int:
+    async def enqueue_workflow_async(self, bind: AsyncBind, flow: Workflow) -> int:
         """:meth:`enqueue_workflow` on an async bind."""
         steps = self._new_steps(flow)
         operation = wf_operations.enqueue_workflow(self.statements, flow.name, steps, self.events)
         return await run_async(bind, operation)
 
-    async def get_workflow_async(self, bind: Any, workflow_id: int) -> WorkflowInfo | None:
+    async def get_workflow_async(self, bind: AsyncBind, workflow_id: int) -> WorkflowInfo | None:
         operation = wf_operations.get_workflow(self.statements, _workflow_id(workflow_id))
         return await run_async(bind, operation)
 
     async def wait_workflow_async(
-        self, bind: Any, workflow_id: int, timeout: float | None = None
+        self, bind: AsyncBind, workflow_id: int, timeout: float | None = None
     ) -> WorkflowInfo:
         """:meth:`wait_workflow` for async code (asyncio or trio)."""
         from pgq_sa import _waiting as waiting
@@ -490,19 +492,19 @@ class Queue:
             self.statements, bind, _workflow_id(workflow_id), limit
         )
 
-    async def cancel_workflow_async(self, bind: Any, workflow_id: int) -> int:
+    async def cancel_workflow_async(self, bind: AsyncBind, workflow_id: int) -> int:
         operation = wf_operations.cancel_workflow(self.statements, _workflow_id(workflow_id))
         return await run_async(bind, operation)
 
-    async def retry_workflow_async(self, bind: Any, workflow_id: int) -> int:
+    async def retry_workflow_async(self, bind: AsyncBind, workflow_id: int) -> int:
         operation = wf_operations.retry_workflow(self.statements, _workflow_id(workflow_id))
         return await run_async(bind, operation)
 
-    async def pause_async(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
+    async def pause_async(self, bind: AsyncBind, name: str = DEFAULT_QUEUE) -> None:
         operation = operations.set_paused(self.statements, validation.queue_name(name), True)
         await self._run_async(bind, operation)
 
-    async def resume_async(self, bind: Any, name: str = DEFAULT_QUEUE) -> None:
+    async def resume_async(self, bind: AsyncBind, name: str = DEFAULT_QUEUE) -> None:
         operation = operations.set_paused(self.statements, validation.queue_name(name), False)
         await self._run_async(bind, operation)
 

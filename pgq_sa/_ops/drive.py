@@ -19,6 +19,11 @@ from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.sql.expression import Executable
 
 T = TypeVar("T")
+# What a producer call takes: a Session (SQLModel's and Flask-SQLAlchemy's scoped session too), a
+# Connection or an Engine; the *_async calls an AsyncSession, AsyncConnection or AsyncEngine, or a
+# sync Engine (run in a worker thread, on any anyio backend).
+SyncBind = Union[Session, Connection, Engine, "scoped_session[Any]"]
+AsyncBind = Union[AsyncSession, AsyncConnection, AsyncEngine, Engine]  # noqa: UP007
 Params = Union[Mapping[str, Any], None]  # noqa: UP007 - a runtime alias on Python 3.10
 Command = tuple[Executable, Params]
 Operation = Generator[Command, Sequence[Row[Any]], T]
