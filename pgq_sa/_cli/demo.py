@@ -15,14 +15,15 @@ from typing import Any
 
 import anyio
 import click
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from pgq_sa._cli.app import Context, cli, handles_errors, pass_context
 from pgq_sa._config import ConfigurationError
 from pgq_sa._job import Job, JobSpec
 from pgq_sa._queue import Queue
-from pgq_sa._schema import validate_schema_name
+from pgq_sa._schema import build_tables, validate_schema_name
+from pgq_sa._sql import demo as demo_sql
 from pgq_sa._worker import AsyncWorker, ThreadWorker
 from pgq_sa.migrations import db_upgrade
 
@@ -55,16 +56,14 @@ def build_queue(schema: str) -> Queue:
 
 def _counts(engine: Engine, schema: str) -> Counter[str]:
     with engine.connect() as connection:
-        rows = connection.execute(
-            text(f'SELECT state::text, count(*) FROM "{schema}".jobs GROUP BY 1')
-        ).all()
+        rows = connection.execute(demo_sql.state_counts(build_tables(schema))).all()
     return Counter({state: count for state, count in rows})
 
 
 def run_demo(engine: Engine, schema: str, jobs: int, web_port: int | None = None) -> None:
     validate_schema_name(schema)  # before it is dropped and recreated
     with engine.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        connection.execute(demo_sql.drop_schema(schema))
     db_upgrade(engine, schema=schema)
     click.echo(f"installed the queue in schema {schema!r} (the same steps as `pgq-sa db upgrade`)")
     queue = build_queue(schema)
@@ -151,22 +150,11 @@ def _run(engine: Engine, schema: str, jobs: int, queue: Queue) -> None:
     for thread in threads:
         thread.join()
 
+    tables = build_tables(schema)
     with engine.connect() as connection:
-        rows = connection.execute(
-            text(
-                f'SELECT task, state::text, count(*), sum(attempt) FROM "{schema}".jobs '
-                "GROUP BY 1, 2 ORDER BY 1, 2"
-            )
-        ).all()
-        by_worker = connection.execute(
-            text(
-                f"SELECT count(*) FILTER (WHERE attempt > 1), count(DISTINCT worker_id) "
-                f'FROM "{schema}".jobs'
-            )
-        ).one()
-        error = connection.execute(
-            text(f"SELECT error->>'message' FROM \"{schema}\".jobs WHERE state = 'failed' LIMIT 1")
-        ).scalar()
+        rows = connection.execute(demo_sql.task_summary(tables)).all()
+        by_worker = connection.execute(demo_sql.retries_and_workers(tables)).one()
+        error = connection.execute(demo_sql.last_failure(tables)).scalar()
     click.echo(
         f"\n{total} jobs finished in {elapsed:.2f}s ({total / elapsed:,.0f} jobs/s, the retries' "
         f"backoff included) by {by_worker[1]} workers (threads and asyncio)"
