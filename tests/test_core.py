@@ -281,6 +281,21 @@ def test_the_leader_claims_a_batch_then_waits_for_a_wake_up():
     assert len(core.runtime.dispatched) == 5
 
 
+def test_a_fetcher_with_no_free_slot_waits_for_the_next_release_not_an_old_one():
+    core = make_core(capacity=4, batch_size=4)
+    core.record_claim(core.reserve(), items := claimed(4))
+    core.start(items[0])
+    core.release(items[0].job, succeeded(items[0]))  # sets SLOT_FREED
+    core.record_claim(core.reserve(), claimed(1))  # every slot taken again
+    assert Signal.SLOT_FREED in core.runtime.signals
+    fetcher = services.fetcher(core, 1)
+    assert step(fetcher) == Wait(Signal.SLOT_FREED, core.options.poll_interval)
+    assert Signal.SLOT_FREED not in core.runtime.signals  # else the wait ends at once: a spin
+    core.start(items[1])
+    core.release(items[1].job, succeeded(items[1]))
+    assert Signal.SLOT_FREED in core.runtime.signals
+
+
 def test_a_claim_with_pending_outcomes_writes_them_in_the_same_statement():
     core = make_core(capacity=4, batch_size=4)
     core.record_claim(core.reserve(), items := claimed(1))

@@ -159,6 +159,10 @@ def fetcher(core: WorkerCore, number: int) -> Service[None]:
             if reservation is None:
                 if not core.stopping:
                     waiting = Signal.SLOT_FREED if core.registered else Signal.REGISTERED
+                    if waiting is Signal.SLOT_FREED:
+                        # Left set by an earlier release, the event would end the wait at once:
+                        # every fetcher would spin on the core until a slot frees.
+                        core.runtime.clear(Signal.SLOT_FREED)
                     yield Wait(waiting, poll)
                 continue
             if leader:
