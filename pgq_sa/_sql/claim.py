@@ -10,6 +10,8 @@ lookup whatever the statistics.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import ARRAY, Integer, Text, bindparam, func, select, text
 from sqlalchemy.sql.expression import BindParameter, Executable
 
@@ -72,9 +74,9 @@ def lease(s: str, picked: str) -> str:
     RETURNING {claimed_sql(s, "c")}"""
 
 
-def parameters(tables: QueueTables, *, in_queues: bool) -> list[BindParameter[object]]:
+def parameters(tables: QueueTables, *, in_queues: bool) -> list[BindParameter[Any]]:
     """The bind parameters of a claim: the claimer, its tasks, how many, and its queues."""
-    found: list[BindParameter[object]] = [
+    found: list[BindParameter[Any]] = [
         bindparam("worker_id", type_=tables.jobs.c.worker_id.type),
         bindparam("tasks", type_=ARRAY(Text)),
         bindparam("limit", type_=Integer),
