@@ -331,6 +331,28 @@ def test_retrying_backs_off_and_gives_up_only_when_told():
     assert core.busy == 0  # its reservation was given back
 
 
+def test_a_claim_cut_by_the_stop_is_no_problem():
+    """A stop cuts claims in flight (they may never be answered): the failure that follows is
+    the stop's own doing, not a database problem to warn about; it gives up at once."""
+    for pending in (False, True):  # a plain claim, and one carrying outcomes
+        core = make_core(capacity=4, batch_size=4)
+        if pending:
+            core.record_claim(core.reserve(), items := claimed(1))
+            core.start(items[0])
+            core.release(items[0].job, succeeded(items[0]))
+        fetcher = services.fetcher(core, 0)
+        step(fetcher)
+        core.begin_stop()
+        cut = OperationalError("SELECT", {}, Exception("cut by the stop"))
+        done, _ = services.advance(fetcher, None, cut)
+        if not done:  # a plain claim waits on STOPPING, which is set: it gives up
+            done, _ = services.advance(fetcher, True, None)
+        assert done
+        assert core.problems.current == {}
+        assert core.busy == 0
+        assert len(core.pending) == int(pending)  # outcomes went back to the completer
+
+
 def test_until_empty_stops_the_worker_once_drained():
     core = make_core(until_empty=True)
     fetcher = services.fetcher(core, 0)
@@ -470,6 +492,12 @@ def test_a_claim_that_fails_with_outcomes_gives_them_to_the_completer_and_claims
     assert next(call.operation)[0] is core.statements.claim
     assert [o.job_id for o in core.pending] == [items[0].job.id]
     assert core.piggyback_paused
+    core.begin_stop()  # the claim without them is cut by a stop: they are not given back twice
+    done, _ = services.advance(fetcher, None, error)
+    if not done:
+        done, _ = services.advance(fetcher, True, None)
+    assert done
+    assert [o.job_id for o in core.pending] == [items[0].job.id]
     core.written(core.take_batch(), Finished({items[0].job.id: "succeeded"}, (), None))
     assert not core.piggyback_paused
 

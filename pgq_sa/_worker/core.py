@@ -60,7 +60,7 @@ class Runtime(Protocol):
         """Stop a running ``async def`` handler of ``job`` now (its cancellation was asked)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reservation:
     """Handler slots a fetcher reserved for one claim, and what it knew when it did."""
 
@@ -158,13 +158,15 @@ class WorkerCore:
     def claim_refused(self, reservation: Reservation) -> None:
         """A claim gave up (the worker is stopping): free its slots, keep its outcomes."""
         self.record_claim(reservation, [])
-        if reservation.piggyback:
-            self.outcomes_back(reservation.piggyback)
+        self.outcomes_back(reservation)
 
-    def outcomes_back(self, batch: list[Outcome]) -> None:
-        """Outcomes a claim took along and could not write go back to the completer, and claims
-        stop taking outcomes along until it has written some."""
-        self.pending[:0] = batch
+    def outcomes_back(self, reservation: Reservation) -> None:
+        """Outcomes a claim took along and could not write go back to the completer (once), and
+        claims stop taking outcomes along until it has written some."""
+        if not reservation.piggyback:
+            return
+        self.pending[:0] = reservation.piggyback
+        reservation.piggyback = None
         self.piggyback_paused = True
         self.runtime.set(Signal.OUTCOME_READY)
 
@@ -368,6 +370,16 @@ class WorkerCore:
         if not self.until_empty or self.reached:
             return None
         return self.explain(error)
+
+    def failed(self, what: str, error: BaseException, retry_in: float) -> None:
+        """A database call of ``what`` ("claim", "heartbeat", ...) failed: told once per distinct
+        problem. A claim that fails once the worker is stopping is none: the stop cuts claims in
+        flight (their jobs are handed back), so it is noted at DEBUG only."""
+        self.failures += 1
+        if self.stopping and what == "claim":
+            log.debug("a claim in flight ended with the stop (%s)", error)
+            return
+        self.problems.failed(what, error, retry_in, self.hint(error))
 
     def hint(self, error: BaseException) -> str:
         """How to fix ``error`` when it is a configuration problem, for the warning."""

@@ -77,12 +77,11 @@ def retrying(
         try:
             result = yield Call(operation(), lane, fetcher, deadline())
         except DATABASE_ERRORS as error:
-            core.failures += 1
             delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
             fatal = core.fatal(error)
             if fatal is not None:
                 raise fatal from error
-            core.problems.failed(what, error, delay, core.hint(error))
+            core.failed(what, error, delay)
             stopped = yield Wait(give_up, delay)
             if stopped or core.closing or core.force:
                 return None
@@ -207,9 +206,10 @@ def _claim(
         except DATABASE_ERRORS as error:
             # Tried once: the outcomes go back to the completer (a row locked elsewhere must not
             # hold every claim behind it), and the claim is retried without them.
-            core.failures += 1
-            core.problems.failed("claim", error, 0.0, core.hint(error))
-            core.outcomes_back(batch)
+            core.failed("claim", error, 0.0)
+            core.outcomes_back(reservation)
+            if core.stopping:  # the stop cut it: no claim without them either
+                return None
         else:
             core.reached = True
             core.problems.recovered("claim")
