@@ -35,6 +35,14 @@ from benchmarks.scratch_databases import (
     scratch_database,
 )
 from benchmarks.stats import STATISTICS
+from pgq_sa._ops.settings import LEVELS
+
+DURABILITY_NOTES = {
+    "balanced": "balanced. pgq_sa: claims and heartbeats commit without waiting for the WAL "
+    "flush (synchronous_commit off), outcomes are written on their own; PgQueuer: its log and "
+    "statistics tables UNLOGGED.",
+    "volatile": "volatile. pgq_sa: every queue table UNLOGGED; PgQueuer: every table UNLOGGED.",
+}
 
 
 def _kinds(values: str | Sequence[str]) -> tuple[str, ...]:
@@ -50,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         default=default_server_url(),
         help=f"server to create the scratch database on (default: ${URL_VARIABLE}, "
         f"else {LOCAL_SERVER})",
+    )
+    common.add_argument(
+        "--durability",
+        choices=LEVELS,
+        default="durable",
+        help="install every queue at this level (pgq-sa db durability), and PgQueuer's tables "
+        "at its level of the same name (default: durable)",
     )
     kind = argparse.ArgumentParser(add_help=False)
     kind.add_argument(
@@ -280,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         progress.line(f"scratch database {scratch.url.database}")
         print(f"# {command}\n")
         print(machine.render(machine.describe(scratch.engine)))
-        _run(Context(scratch, progress), args, command)
+        if args.durability != "durable":
+            print(f"Durability: {DURABILITY_NOTES[args.durability]}\n")
+        _run(Context(scratch, progress, args.durability), args, command)
     progress.line(f"scratch database {scratch.url.database} dropped")
 
 

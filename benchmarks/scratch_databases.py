@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
 from pgq_sa._config import make_engine, parse_url, sync_url
-from pgq_sa.migrations import db_upgrade
+from pgq_sa.migrations import db_upgrade, set_durability
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 URL_VARIABLE = "PGQ_SA_DATABASE_URL"
@@ -69,10 +69,12 @@ def scratch_database(server_url: str | URL, *, prefix: str = PREFIX) -> Iterator
         admin.dispose()
 
 
-def install(engine: Engine, schema: str) -> None:
-    """Install the queue in ``schema``, replacing whatever was there."""
+def install(engine: Engine, schema: str, durability: str = "durable") -> None:
+    """Install the queue in ``schema`` at a durability level, replacing whatever was there."""
     drop(engine, schema)
     db_upgrade(engine, schema=schema)
+    if durability != "durable":
+        set_durability(engine, durability, schema=schema, force=True)
 
 
 def drop(engine: Engine, schema: str) -> None:
@@ -81,9 +83,9 @@ def drop(engine: Engine, schema: str) -> None:
 
 
 @contextlib.contextmanager
-def queue_schema(engine: Engine, schema: str) -> Iterator[str]:
+def queue_schema(engine: Engine, schema: str, durability: str = "durable") -> Iterator[str]:
     """A freshly installed queue schema for one measurement, dropped afterwards."""
-    install(engine, schema)
+    install(engine, schema, durability)
     try:
         yield schema
     finally:

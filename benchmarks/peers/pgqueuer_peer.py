@@ -31,18 +31,23 @@ from typing import Any, TypeAlias
 import asyncpg
 import psycopg
 from pgqueuer import AsyncpgDriver, Job, PsycopgDriver, Queries, QueueManager
-from pgqueuer.domain.settings import DBSettings
+from pgqueuer.adapters.persistence.qb import QueryBuilderEnvironment
+from pgqueuer.domain.settings import DBSettings, Durability
 from pgqueuer.types import QueueExecutionMode
 
 ENTRYPOINT = "noop"
 PING = "ping"
 
 
-async def pgqueuer_install(dsn: str) -> None:
-    """Install PgQueuer's schema into the database at *dsn*, replacing any earlier install."""
+async def pgqueuer_install(dsn: str, durability: str = "durable") -> None:
+    """Install PgQueuer's schema into the database at *dsn* at one of its durability levels
+    (``volatile``: every table UNLOGGED; ``balanced``: its log and statistics tables UNLOGGED;
+    ``durable``), replacing any earlier install."""
     connection = await asyncpg.connect(dsn)
     try:
-        queries = Queries(AsyncpgDriver(connection))
+        settings = DBSettings(durability=Durability(durability))
+        environment = QueryBuilderEnvironment(settings=settings)
+        queries = Queries(AsyncpgDriver(connection), qbe=environment)
         if await queries.schema_is_installed():
             await queries.uninstall()
         await queries.install()

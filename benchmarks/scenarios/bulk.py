@@ -16,7 +16,7 @@ from benchmarks import ours
 from benchmarks.context import Context
 from benchmarks.peers import pgqueuer_peer as peer
 from benchmarks.report import PEER, Result, print_results
-from benchmarks.scratch_databases import execute, queue_schema, settle, state_counts, warm
+from benchmarks.scratch_databases import execute, settle, state_counts, warm
 from benchmarks.stats import median
 from pgq_sa import JobSpec
 
@@ -26,7 +26,7 @@ SCHEMA = "bench_bulk"
 def measure_ours(context: Context, jobs: int, repeat: int) -> list[float]:
     """Seconds of each of ``repeat`` ``enqueue_many`` calls of ``jobs`` jobs."""
     timings: list[float] = []
-    with queue_schema(context.engine, SCHEMA):
+    with context.queue_schema(SCHEMA):
         queue = ours.noop_queue(SCHEMA, "threads")
         for number in range(1, repeat + 1):
             with context.progress.step(f"bulk pgq_sa enqueue_many of {jobs:,} ({number}/{repeat})"):
@@ -50,7 +50,7 @@ def measure_peer(context: Context, jobs: int, repeat: int) -> list[float]:
             with context.progress.step(
                 f"bulk {PEER} Queries.enqueue of {jobs:,} ({number}/{repeat})"
             ):
-                asyncio.run(peer.pgqueuer_install(context.dsn))
+                asyncio.run(peer.pgqueuer_install(context.dsn, context.durability))
                 settle(context.engine)
                 timings.append(asyncio.run(peer.pgqueuer_bulk_enqueue(context.dsn, jobs)))
             context.progress.line(f"    {jobs / timings[-1]:,.0f} jobs/s ({timings[-1]:.3f} s)")

@@ -31,7 +31,7 @@ from benchmarks import machine, ours
 from benchmarks.context import Context
 from benchmarks.peers import pgqueuer_peer as peer
 from benchmarks.report import PEER, Result, print_results
-from benchmarks.scratch_databases import analyze, expect_succeeded, queue_schema, settle
+from benchmarks.scratch_databases import analyze, expect_succeeded, settle
 from benchmarks.stats import summarize
 
 ANALYZE_NOTE = "jobs table ANALYZEd after the enqueue (PgQueuer's too)"
@@ -65,7 +65,7 @@ def measure_ours(context: Context, kind: str, jobs: int, batch_size: int) -> Dra
     label = f"drain pgq_sa {ours.describe(kind, batch_size)}, {jobs:,} jobs"
     with context.progress.step(label):
         schema = f"bench_drain_{kind}_{batch_size}"
-        with queue_schema(context.engine, schema):
+        with context.queue_schema(schema):
             queue = ours.noop_queue(schema, kind)
             ours.enqueue_noops(queue, context.engine, jobs)
             analyze(context.engine, f"{schema}.jobs")
@@ -99,7 +99,7 @@ def measure_peer(context: Context, driver: str, jobs: int, batch_size: int) -> D
     """One PgQueuer drain (five QueueManagers x ``batch_size``)."""
     label = f"drain {PEER} {driver}, 5 QueueManagers x batch {batch_size}, {jobs:,} jobs"
     with context.progress.step(label):
-        asyncio.run(peer.pgqueuer_install(context.dsn))
+        asyncio.run(peer.pgqueuer_install(context.dsn, context.durability))
         try:
             settle(context.engine)
             counter = [0]

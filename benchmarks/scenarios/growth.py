@@ -31,7 +31,6 @@ from benchmarks.scratch_databases import (
     analyze,
     execute,
     expect_succeeded,
-    queue_schema,
     settle,
     state_counts,
 )
@@ -94,7 +93,7 @@ class ClaimTable:
 @contextlib.contextmanager
 def _claim_table(context: Context, depth: int, batch: int) -> Iterator[ClaimTable]:
     schema = f"bench_growth_claim_{depth}"
-    with queue_schema(context.engine, schema):
+    with context.queue_schema(schema):
         with context.progress.step(f"growth: {schema}: insert {depth:,} queued rows, ANALYZE"):
             _insert(context, QUEUED_ROWS, schema, depth)
             analyze(context.engine, f"{schema}.jobs")
@@ -223,7 +222,7 @@ def drain_rates(
     """
     empty, kept = DrainRuns(), DrainRuns()
     empty_schema, kept_schema = "bench_growth_drain_empty", "bench_growth_drain_retained"
-    with queue_schema(context.engine, empty_schema), queue_schema(context.engine, kept_schema):
+    with context.queue_schema(empty_schema), context.queue_schema(kept_schema):
         _prepare(context, empty_schema, 0)
         _prepare(context, kept_schema, retained)
         for number in range(1, repeat + 1):

@@ -19,7 +19,6 @@ from benchmarks import children, machine, ours
 from benchmarks.context import Context
 from benchmarks.report import Result, print_results
 from benchmarks.scenarios.fleet import fleet
-from benchmarks.scratch_databases import queue_schema
 
 CHUNK = 50_000
 
@@ -58,7 +57,7 @@ def measure(
     schema = f"bench_memory_{kind}"
     figures: dict[str, float] = {}
     label = f"memory: {ours.describe(kind, batch_size)}, idle, {small:,}, {large:,} jobs"
-    with context.progress.step(label), queue_schema(context.engine, schema):
+    with context.progress.step(label), context.queue_schema(schema):
         url = context.url.render_as_string(hide_password=False)
         queue = ours.noop_queue(schema, kind)
         cpu_before = machine.cpu_sample()

@@ -20,7 +20,6 @@ from benchmarks.scenarios.fleet import fleet
 from benchmarks.scratch_databases import (
     analyze,
     expect_succeeded,
-    queue_schema,
     settle,
     state_counts,
 )
@@ -30,7 +29,7 @@ def measure(context: Context, kind: str, batch_size: int, jobs: int, count: int)
     """One drain of ``jobs`` by ``count`` processes; returns jobs/s over the span."""
     schema = f"bench_processes_{kind}_{count}"
     label = f"processes: {count} x {ours.describe(kind, batch_size)}, {jobs:,} jobs"
-    with context.progress.step(label), queue_schema(context.engine, schema):
+    with context.progress.step(label), context.queue_schema(schema):
         url = context.url.render_as_string(hide_password=False)
         queue = ours.noop_queue(schema, kind)
         ours.enqueue_noops(queue, context.engine, jobs)

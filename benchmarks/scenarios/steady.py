@@ -19,7 +19,7 @@ from benchmarks import children, machine, ours
 from benchmarks.context import Context
 from benchmarks.report import Result, print_results
 from benchmarks.scenarios.fleet import fleet
-from benchmarks.scratch_databases import queue_schema, settle, state_counts
+from benchmarks.scratch_databases import settle, state_counts
 
 
 def _count(context: Context, schema: str, column: str, since: str, until: str) -> int:
@@ -55,7 +55,7 @@ def measure(
         f"steady {seconds:g} s: {producers} producer(s) x enqueue_many({produce_batch}) "
         f"+ {ours.describe(kind, batch_size)}"
     )
-    with context.progress.step(label), queue_schema(context.engine, schema):
+    with context.progress.step(label), context.queue_schema(schema):
         url = context.url.render_as_string(hide_password=False)
         queue = ours.noop_queue(schema, kind)
         settle(context.engine)

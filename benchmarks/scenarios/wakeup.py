@@ -37,7 +37,7 @@ from benchmarks.context import Context
 from benchmarks.peers import pgqueuer_peer as peer
 from benchmarks.producer import ProcessProducer
 from benchmarks.report import PEER, Result, print_results
-from benchmarks.scratch_databases import queue_schema, warm
+from benchmarks.scratch_databases import warm
 from benchmarks.stats import percentile
 from pgq_sa import AsyncWorker, Queue, ThreadWorker
 from pgq_sa._config import make_async_engine, make_engine
@@ -124,7 +124,7 @@ def _threads(
     context: Context, samples: int, batch_size: int, gap: float, idle: float, producer: str
 ) -> list[float]:
     schema = "bench_wakeup_threads"
-    with queue_schema(context.engine, schema):
+    with context.queue_schema(schema):
         queue = Queue(schema=schema)
         started: list[float] = []
         arrived = threading.Event()
@@ -179,7 +179,7 @@ def _async(
 ) -> list[float]:
     schema = f"bench_wakeup_{kind}"
     latencies: list[float] = []
-    with queue_schema(context.engine, schema):
+    with context.queue_schema(schema):
         queue = Queue(schema=schema)
         started: list[float] = []
         arrived: list[anyio.Event] = []
@@ -244,7 +244,7 @@ def measure_peer(
     label = f"wakeup {PEER} asyncpg, batch {batch_size}, {samples} samples, {producer}"
     cpu_before = machine.cpu_sample()
     with context.progress.step(label):
-        asyncio.run(peer.pgqueuer_install(context.dsn))
+        asyncio.run(peer.pgqueuer_install(context.dsn, context.durability))
         try:
             with contextlib.ExitStack() as stack:
                 enqueue: Callable[[], Awaitable[float]] | None = None

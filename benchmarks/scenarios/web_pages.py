@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, text
 
 from benchmarks.context import Context
-from benchmarks.scratch_databases import execute, queue_schema
+from benchmarks.scratch_databases import execute
 from benchmarks.stats import median, percentile
 from pgq_sa import Queue
 from pgq_sa import _dashboard as dashboard
@@ -238,7 +238,7 @@ def run(
     warmup: int,
     show_plans: bool,
 ) -> None:
-    with queue_schema(context.engine, SCHEMA):
+    with context.queue_schema(SCHEMA):
         fill(context, finished, queued, workflows)
         results = measure(context, repeat, warmup)
         print(f"\n## web_pages: {finished:,} finished + {queued:,} queued jobs\n")

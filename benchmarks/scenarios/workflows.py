@@ -24,7 +24,7 @@ from benchmarks import ours
 from benchmarks.context import Context
 from benchmarks.report import Result, print_results
 from benchmarks.scenarios import wakeup
-from benchmarks.scratch import queue_schema, warm
+from benchmarks.scratch_databases import warm
 from benchmarks.stats import percentile
 from pgq_sa import AsyncWorker, Queue, ThreadWorker, Workflow
 from pgq_sa._job import Job
@@ -81,7 +81,7 @@ def measure_hops(
 ) -> list[float]:
     """The hop latencies (seconds) of one chain of ``links`` steps on an idle ``kind`` worker."""
     schema = f"bench_chain_{kind}"
-    with queue_schema(context.engine, schema):
+    with context.queue_schema(schema):
         queue, starts, ends = _chain_queue(schema, kind, gap)
         size = ours.budget(kind, batch_size)
         worker: ThreadWorker | AsyncWorker
@@ -124,7 +124,7 @@ def measure_hops(
 def measure_fan_in(context: Context, kind: str, steps: int, batch_size: int) -> float:
     """Steps per second draining one fan-out/fan-in workflow of ``steps`` steps."""
     schema = f"bench_fan_in_{kind}"
-    with queue_schema(context.engine, schema):
+    with context.queue_schema(schema):
         queue = ours.noop_queue(schema, kind)
         flow = Workflow("fan-in")
         root = flow.add(ours.NOOP)
@@ -137,7 +137,7 @@ def measure_fan_in(context: Context, kind: str, steps: int, batch_size: int) -> 
 
 def measure_plain(context: Context, kind: str, jobs: int, batch_size: int) -> float:
     schema = f"bench_plain_{kind}"
-    with queue_schema(context.engine, schema):
+    with context.queue_schema(schema):
         queue = ours.noop_queue(schema, kind)
         ours.enqueue_noops(queue, context.engine, jobs)
         elapsed = ours.drain(kind, queue, context.url, context.engine, batch_size)
