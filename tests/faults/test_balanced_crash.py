@@ -1,5 +1,5 @@
-"""What each durability level keeps when PostgreSQL crashes (``pg_ctl restart -m immediate``: no
-checkpoint, WAL replay on the way up), on an embedded server this test owns.
+"""What each durability level keeps when PostgreSQL crashes (its postmaster killed with SIGKILL,
+crash recovery on the way up), on an embedded server this test owns.
 
 * ``balanced``: claims and heartbeats commit without waiting for the WAL flush, outcomes and
   enqueues do wait. So an outcome written just before the crash survives it, and a crash in the
@@ -14,8 +14,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from fault_injectors import own_server, restart
+from fault_injectors import kill_server, own_server
 from sqlalchemy import text
+from sqlalchemy.pool import NullPool
 
 from pgq_sa import JobSpec, Queue, ThreadWorker
 from pgq_sa._config import make_engine
@@ -49,6 +50,7 @@ def _running(worker: ThreadWorker) -> threading.Thread:
 def test_balanced_outcomes_survive_a_crash_and_no_job_is_lost():
     with own_server() as server:
         engine = make_engine(server.url)
+        observer = make_engine(server.url, poolclass=NullPool)  # no pooled connection to die
         try:
             db_upgrade(engine)
             set_durability(engine, "balanced")
@@ -73,17 +75,17 @@ def test_balanced_outcomes_survive_a_crash_and_no_job_is_lost():
             worker = ThreadWorker(queue, engine, **options)
             runner = _running(worker)
             try:
-                _until(lambda: _states(engine) == {"succeeded": 100}, "the first 100 jobs")
-                restart(server, "immediate")
-                assert _states(engine) == {"succeeded": 100}
+                _until(lambda: _states(observer) == {"succeeded": 100}, "the first 100 jobs")
+                kill_server(server)
+                assert _states(observer) == {"succeeded": 100}
                 assert read_durability(engine) == "balanced"
 
                 # 2. A crash in the middle of a drain: every job ends succeeded, none is lost
                 # (the claims lost with the crash leave their jobs queued, or the rescue does).
                 queue.enqueue_many(engine, [JobSpec("work", {"n": n}) for n in range(100, 1100)])
                 assert crash_now.wait(60), "the drain never reached the crash point"
-                restart(server, "immediate")
-                _until(lambda: _states(engine) == {"succeeded": 1100}, "every job to succeed")
+                kill_server(server)
+                _until(lambda: _states(observer) == {"succeeded": 1100}, "every job to succeed")
             finally:
                 worker.stop()
                 runner.join(60)
@@ -91,6 +93,7 @@ def test_balanced_outcomes_survive_a_crash_and_no_job_is_lost():
             assert set(ran) == set(range(1100))  # some may have run twice: at least once
         finally:
             engine.dispose()
+            observer.dispose()
 
 
 @pytest.mark.timeout(240)
@@ -103,7 +106,7 @@ def test_a_crash_empties_a_volatile_queue_and_it_works_again():
             queue = Queue()
             queue.enqueue_many(engine, [JobSpec("work", {"n": n}) for n in range(50)])
             assert _states(engine) == {"queued": 50}
-            restart(server, "immediate")
+            kill_server(server)
             engine.dispose()
             assert _states(engine) == {}  # UNLOGGED tables are emptied by crash recovery
             assert read_durability(engine) == "volatile"  # the settings table is logged
