@@ -28,7 +28,7 @@ def _plan(connection, queue: Queue, statement: str) -> dict:
         connection.exec_driver_sql(f"SET {name} = {value}")
     compiled = getattr(queue.statements, statement).compile(dialect=connection.dialect)
     values = {"tasks": ["t"], "limit": 10, "worker_id": uuid.uuid4()}
-    if statement == "finish_and_claim":
+    if statement.startswith("finish_and_claim"):
         values.update(NO_OUTCOMES)
     params = compiled.construct_params(values)
     cursor = connection.connection.driver_connection.cursor()
@@ -62,7 +62,7 @@ def test_claim_uses_the_partial_index_on_a_million_rows(engine, analyzed):
     if analyzed:
         with engine.begin() as connection:
             connection.exec_driver_sql("ANALYZE pgq.jobs")
-    for statement in ("claim", "finish_and_claim"):
+    for statement in ("claim", "finish_and_claim", "finish_and_claim_plain"):
         with engine.begin() as connection:
             explained = _plan(connection, queue, statement)
             connection.rollback()
@@ -71,10 +71,21 @@ def test_claim_uses_the_partial_index_on_a_million_rows(engine, analyzed):
         claim_scan = next(n for n in scans if n.get("Index Name") == "jobs_claim_idx")
         assert claim_scan["Node Type"] == "Index Scan", statement
         assert claim_scan["Actual Rows"] <= 20, statement  # stopped after the limit, in order
-        assert not [n for n in nodes if n["Node Type"] == "Sort"], statement
+        # No sort of jobs rows (a sort over the few workflow dependents a finish settles is
+        # fine, and the planner may add one for json_agg(DISTINCT ...)).
+        sorted_jobs = [
+            n
+            for n in nodes
+            if n["Node Type"] == "Sort" and any(m.get("Relation Name") == "jobs" for m in _nodes(n))
+        ]
+        assert not sorted_jobs, statement
 
 
-def test_a_write_without_the_lease_changes_nothing_and_is_logged(engine, caplog):
+PLAIN = pytest.mark.parametrize("plain", [False, True], ids=["full", "plain"])
+
+
+@PLAIN
+def test_a_write_without_the_lease_changes_nothing_and_is_logged(engine, caplog, plain):
     queue = Queue()
     job_id = queue.enqueue(engine, "t")
     database = SyncDatabase(engine)
@@ -84,20 +95,22 @@ def test_a_write_without_the_lease_changes_nothing_and_is_logged(engine, caplog)
     stranger = uuid.uuid4()
     outcome = succeeded(job_id, claimed.job.attempt, "late")
     with caplog.at_level(logging.WARNING, logger="pgq_sa.worker"):
-        result = database.run(protocol.finish(queue.statements, stranger, [outcome]))
+        result = database.run(protocol.finish(queue.statements, stranger, [outcome], plain=plain))
+        stale_outcome = succeeded(job_id, 99, "stale")
         stale = database.run(
-            protocol.finish(queue.statements, holder.id, [succeeded(job_id, 99, "stale")])
+            protocol.finish(queue.statements, holder.id, [stale_outcome], plain=plain)
         )
     assert result.lost == (outcome,)
     assert stale.recorded == {}
     assert queue.get(engine, job_id) == before
     assert "lease lost" in caplog.text
-    done = database.run(protocol.finish(queue.statements, holder.id, [outcome]))
+    done = database.run(protocol.finish(queue.statements, holder.id, [outcome], plain=plain))
     assert done.recorded == {job_id: "succeeded"}
 
 
+@PLAIN
 def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_statement(
-    engine, caplog
+    engine, caplog, plain
 ):
     queue = Queue()
     first, second, third = (queue.enqueue(engine, "t", {"n": n}) for n in range(3))
@@ -109,7 +122,9 @@ def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_sta
     stranger = register(engine, queue, protocol.Identity.new("other")).id  # another live worker
     with caplog.at_level(logging.WARNING, logger="pgq_sa.worker"):
         finished, taken = database.run(
-            protocol.finish_and_claim(queue.statements, stranger, [outcome], ["t"], None, 1)
+            protocol.finish_and_claim(
+                queue.statements, stranger, [outcome], ["t"], None, 1, plain=plain
+            )
         )
     assert finished.lost == (outcome,)
     assert finished.recorded == {}
@@ -118,7 +133,7 @@ def test_finish_and_claim_writes_only_under_the_lease_and_claims_in_the_same_sta
     assert queue.get(engine, first).status == "running"
     retry = Outcome(first, claimed.job.attempt, "queued", delay=0.0)
     finished, taken = database.run(
-        protocol.finish_and_claim(queue.statements, holder.id, [retry], ["t"], None, 5)
+        protocol.finish_and_claim(queue.statements, holder.id, [retry], ["t"], None, 5, plain=plain)
     )
     assert finished.recorded == {first: "queued"}
     assert finished.next_run_at is not None

@@ -7,6 +7,7 @@ PostgreSQL through both drivers in test_workers.py, test_lifecycle.py and the ot
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import datetime, timezone
 
@@ -304,11 +305,30 @@ def test_a_claim_with_pending_outcomes_writes_them_in_the_same_statement():
     fetcher = services.fetcher(core, 0)
     call = step(fetcher)
     statement, _params = next(call.operation)
-    assert statement is core.statements.finish_and_claim
+    assert statement is core.statements.finish_and_claim_plain  # no workflow step among them
     finished = Finished({items[0].job.id: "succeeded"}, (), None)
     step(fetcher, (finished, Claims([])))
     assert core.processed == 1
     assert core.unwritten == 0
+
+
+def test_only_outcomes_of_workflow_steps_pay_for_settling_dependents():
+    """The finish statements without the workflow unblocking (a third cheaper) are used only
+    when no outcome of the batch is of a workflow step."""
+    core = make_core(capacity=4, batch_size=4)
+    plain = claimed(1)
+    step_job = dataclasses.replace(claimed(1)[0].job, workflow_id=7)
+    core.record_claim(core.reserve(), items := [*plain, Claimed(step_job, None, False)])
+    for item in items:
+        core.start(item)
+        core.release(item.job, succeeded(item))
+    assert core.plain([succeeded(items[0])])
+    assert not core.plain([succeeded(items[1])])
+    fetcher = services.fetcher(core, 0)
+    statement, _ = next(step(fetcher).operation)
+    assert statement is core.statements.finish_and_claim  # the batch holds the step's outcome
+    step(fetcher, (Finished({i.job.id: "succeeded" for i in items}, (), None), Claims([])))
+    assert core.steps == set()  # written: forgotten
 
 
 def test_retrying_backs_off_and_gives_up_only_when_told():
@@ -486,7 +506,7 @@ def test_a_claim_that_fails_with_outcomes_gives_them_to_the_completer_and_claims
     core.release(items[0].job, succeeded(items[0]))
     fetcher = services.fetcher(core, 0)
     call = step(fetcher)
-    assert next(call.operation)[0] is core.statements.finish_and_claim
+    assert next(call.operation)[0] is core.statements.finish_and_claim_plain
     error = OperationalError("SELECT", {}, Exception("no answer"))
     call = step(fetcher, error=error)  # no backoff: the claim goes again, without outcomes
     assert next(call.operation)[0] is core.statements.claim

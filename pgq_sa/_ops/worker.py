@@ -246,15 +246,21 @@ def upsert_limits(statements: Statements, definitions: Sequence[TaskDefinition])
 
 
 def finish(
-    statements: Statements, worker_id: uuid.UUID, outcomes: Sequence[Outcome]
+    statements: Statements,
+    worker_id: uuid.UUID,
+    outcomes: Sequence[Outcome],
+    *,
+    plain: bool = False,
 ) -> Operation[Finished]:
     """Write many outcomes in one statement; report those whose lease was lost. Outcomes
-    already ``written`` (by a transactional task's own transaction) are skipped."""
+    already ``written`` (by a transactional task's own transaction) are skipped. ``plain``:
+    they are all of jobs outside any workflow (no dependents to settle: a cheaper statement)."""
     outcomes = [o for o in outcomes if not o.written]
     if not outcomes:
         return Finished({}, (), None)
     params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
-    rows: Sequence[Any] = yield statements.finish, params
+    statement = statements.finish_plain if plain else statements.finish
+    rows: Sequence[Any] = yield statement, params
     written = [FinishedRow._make(row) for row in rows]
     retries = [row.run_at for row in written if row.state == "queued"]
     recorded = {row.id: row.state for row in written}
@@ -268,10 +274,13 @@ def finish_and_claim(
     tasks: Sequence[str],
     queues: Sequence[str] | None,
     limit: int,
+    *,
+    plain: bool = False,
 ) -> Operation[tuple[Finished, Claims]]:
-    """Write ``outcomes`` (as :func:`finish`) and lease up to ``limit`` jobs (as :func:`claim`)
-    in one statement, so a busy worker pays one round trip and one commit per batch. Outcomes
-    already ``written`` (by a transactional task's own transaction) are not written again."""
+    """Write ``outcomes`` (as :func:`finish`, ``plain`` likewise) and lease up to ``limit`` jobs
+    (as :func:`claim`) in one statement, so a busy worker pays one round trip and one commit per
+    batch. Outcomes already ``written`` (by a transactional task's own transaction) are not
+    written again."""
     outcomes = [o for o in outcomes if not o.written]
     params: dict[str, Any] = {
         "worker_id": worker_id,
@@ -280,9 +289,15 @@ def finish_and_claim(
         **finish_parameters(list(outcomes)),
     }
     if queues is None:
-        rows = yield statements.finish_and_claim, params
+        statement = statements.finish_and_claim_plain if plain else statements.finish_and_claim
+        rows = yield statement, params
     else:
-        rows = yield statements.finish_and_claim_in_queues, {**params, "queues": list(queues)}
+        statement = (
+            statements.finish_and_claim_in_queues_plain
+            if plain
+            else statements.finish_and_claim_in_queues
+        )
+        rows = yield statement, {**params, "queues": list(queues)}
     claimed_rows: list[Any] = []
     recorded: dict[int, str] = {}
     next_retry = None

@@ -51,6 +51,10 @@ class Statements:
     finish: Executable
     finish_and_claim: Executable
     finish_and_claim_in_queues: Executable
+    # The same without the workflow unblocking: for outcomes of jobs outside any workflow.
+    finish_plain: Executable
+    finish_and_claim_plain: Executable
+    finish_and_claim_in_queues_plain: Executable
     hand_back: Executable
     next_run_at: Executable
     rescue: Executable
@@ -95,6 +99,13 @@ class Statements:
             finish=finish.finish(tables),
             finish_and_claim=finish.finish_and_claim(tables, in_queues=False),
             finish_and_claim_in_queues=finish.finish_and_claim(tables, in_queues=True),
+            finish_plain=finish.finish(tables, workflows=False),
+            finish_and_claim_plain=finish.finish_and_claim(
+                tables, in_queues=False, workflows=False
+            ),
+            finish_and_claim_in_queues_plain=finish.finish_and_claim(
+                tables, in_queues=True, workflows=False
+            ),
             hand_back=maintenance.hand_back(tables),
             next_run_at=claim.next_run_at(tables),
             rescue=maintenance.rescue(tables),

@@ -196,7 +196,13 @@ def _claim(
     limit, batch = reservation.limit, reservation.piggyback
     if batch is not None:
         operation = protocol.finish_and_claim(
-            statements, core.worker_id, batch, options.free_tasks, options.queues, limit
+            statements,
+            core.worker_id,
+            batch,
+            options.free_tasks,
+            options.queues,
+            limit,
+            plain=core.plain(batch),
         )
         try:
             answer: tuple[protocol.Finished, protocol.Claims] = yield Call(
@@ -289,7 +295,9 @@ def completer(core: WorkerCore) -> Service[None]:
         finished = yield from retrying(
             core,
             "finish",
-            lambda batch=batch: protocol.finish(core.statements, core.worker_id, batch),  # type: ignore[misc]
+            lambda batch=batch: protocol.finish(  # type: ignore[misc]
+                core.statements, core.worker_id, batch, plain=core.plain(batch)
+            ),
             Lane.FINISH,
             give_up=Signal.FINAL,
             deadline=lambda: core.final_deadline if core.completer_closing else None,
