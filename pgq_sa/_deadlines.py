@@ -6,7 +6,8 @@ no FIN, no RST, and a server-side ``statement_timeout`` never reaches the client
 statement has a deadline kept on the client:
 
 * on a sync connection (the ThreadWorker, and the AsyncWorker's worker threads on trio), one
-  watchdog thread shuts the connection's socket down when the deadline passes; the driver call
+  watchdog thread (:class:`Watchdog`) shuts the connection's socket down when the deadline
+  passes; the driver call
   blocked on it fails at once, whatever the driver (psycopg, psycopg2 and pg8000 alike), and the
   lane discards the connection;
 * on an async connection (asyncpg or async psycopg on asyncio), the awaiting task's cancel scope
@@ -20,33 +21,100 @@ lock there is ended too, and its locks released.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pgq_sa._errors import StatementDeadline
 from pgq_sa._timers import TimerThread
 
-__all__ = ["DEFAULT_STATEMENT_TIMEOUT", "StatementDeadline", "async_guard", "guard", "timers"]
+log = logging.getLogger("pgq_sa.worker")
+
+__all__ = [
+    "DEFAULT_STATEMENT_TIMEOUT",
+    "StatementDeadline",
+    "async_guard",
+    "guard",
+    "timers",
+    "watchdog",
+]
 
 DEFAULT_STATEMENT_TIMEOUT = 10.0
 
 
 _timers: TimerThread | None = None
-_timers_lock = threading.Lock()
+_watchdog: Watchdog | None = None
+_started_lock = threading.Lock()
 
 
 def timers() -> TimerThread:
-    """The process's one watchdog thread (statement deadlines, and the timeouts of ``def``
-    handlers run in the AsyncWorker's threads), started on first use."""
+    """The process's timer thread for the timeouts of ``def`` handlers run in the AsyncWorker's
+    threads, started on first use."""
     global _timers
-    with _timers_lock:
+    with _started_lock:
         if _timers is None:
-            _timers = TimerThread("pgq_sa-deadlines")
+            _timers = TimerThread("pgq_sa-timers")
             _timers.start()
         return _timers
+
+
+class Watchdog:
+    """The statements in flight and their deadlines, checked every :data:`TICK` seconds by one
+    thread while any is watched (and not at all while none is).
+
+    Built for thousands of statements a second: watching one is a dict insert, unwatching it a
+    dict pop, with no lock and no thread woken (a heap of timers would wake its thread for
+    every statement, and again for every cancelled entry when it falls due). A deadline fires
+    up to one tick late, which is nothing beside deadlines of seconds."""
+
+    TICK = 0.05
+
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[float, Callable[[], None]]] = {}
+        self._handles = itertools.count()
+        self._busy = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgq_sa-deadlines", daemon=True)
+        self._thread.start()
+
+    def watch(self, seconds: float, callback: Callable[[], None]) -> int:
+        handle = next(self._handles)
+        self._watched[handle] = (time.monotonic() + seconds, callback)
+        if not self._busy.is_set():
+            self._busy.set()
+        return handle
+
+    def unwatch(self, handle: int) -> None:
+        self._watched.pop(handle, None)
+
+    def _run(self) -> None:
+        while True:
+            self._busy.wait()
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            for handle, (when, callback) in list(self._watched.items()):
+                if when <= now and self._watched.pop(handle, None) is not None:
+                    try:
+                        callback()
+                    except Exception:  # the watchdog must outlive any callback
+                        log.exception("statement deadline callback failed")
+            if not self._watched:
+                self._busy.clear()
+                if self._watched:  # watched between the test and the clear
+                    self._busy.set()
+
+
+def watchdog() -> Watchdog:
+    """The process's one statement watchdog, started on first use."""
+    global _watchdog
+    with _started_lock:
+        if _watchdog is None:
+            _watchdog = Watchdog()
+        return _watchdog
 
 
 def _socket_of(dbapi_connection: Any) -> int | None:
@@ -98,8 +166,8 @@ def guard(dbapi_connection: Any, seconds: float) -> Iterator[Guard]:
     :class:`StatementDeadline` from whatever the driver raised. An unknown driver (no socket to
     cut) gets only the server-side ``statement_timeout``."""
     current = Guard(_socket_of(dbapi_connection))
-    watchdog = timers()
-    handle = watchdog.call_later(seconds, current.cut_now)
+    watching = watchdog()
+    handle = watching.watch(seconds, current.cut_now)
     try:
         yield current
     except Exception as error:
@@ -107,7 +175,7 @@ def guard(dbapi_connection: Any, seconds: float) -> Iterator[Guard]:
             raise StatementDeadline(seconds) from error
         raise
     finally:
-        watchdog.cancel(handle)
+        watching.unwatch(handle)
     if current.fired.is_set():  # answered as the deadline passed: the connection is cut anyway
         raise StatementDeadline(seconds)
 

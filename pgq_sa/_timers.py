@@ -35,7 +35,8 @@ class TimerThread:
         handle = next(self._counter)
         with self._condition:
             heapq.heappush(self._heap, (when, handle, callback))
-            self._condition.notify()
+            if self._heap[0][1] == handle:  # the new earliest: the thread must wait less
+                self._condition.notify()
         return handle
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> int:
