@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import select
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class ListenConnection:
         self._channels = tuple(channels)
         self._connection: psycopg.Connection[tuple[object, ...]] | None = None
         self._held: list[Message] = []  # notifications psycopg received during a ping
+        self._interrupted = False  # the worker is closing: waits end at once (threads)
+        self._wake: tuple[int, int] | None = None  # a pipe ending a wait in progress
 
     @property
     def connected(self) -> bool:
@@ -143,11 +146,31 @@ class ListenConnection:
         return messages
 
     def wait(self, timeout: float) -> list[Message]:
-        """Block up to ``timeout`` seconds for notifications (threads)."""
+        """Block up to ``timeout`` seconds for notifications (threads), or until
+        :meth:`interrupt`."""
         if self._held:
             return self.read()
-        ready, _, _ = select.select([self.fileno()], [], [], max(timeout, 0))
+        if self._wake is None:
+            self._wake = os.pipe()
+            os.set_blocking(self._wake[0], False)
+        if self._interrupted:  # tested after the pipe exists: an interrupt cannot be missed
+            return []
+        wake = self._wake[0]
+        ready, _, _ = select.select([self.fileno(), wake], [], [], max(timeout, 0))
+        if wake in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake, 64)
+            ready.remove(wake)
         return self.read() if ready else []
+
+    def interrupt(self) -> None:
+        """End a :meth:`wait` in progress, and every later one, at once: the worker is closing
+        and its listener should not sit out its wait."""
+        self._interrupted = True
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                os.write(wake[1], b"!")
 
     async def wait_async(self, timeout: float) -> list[Message]:
         """Wait up to ``timeout`` seconds for notifications (asyncio or trio)."""
@@ -163,3 +186,8 @@ class ListenConnection:
             with contextlib.suppress(psycopg.Error):
                 self._connection.close()
             self._connection = None
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            for descriptor in wake:
+                with contextlib.suppress(OSError):
+                    os.close(descriptor)

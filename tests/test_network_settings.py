@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
 import pytest
 from sqlalchemy.engine import URL
@@ -145,3 +146,26 @@ def test_the_listen_connection_carries_the_defaults_unless_its_url_says_otherwis
     finally:
         listener.close()
         own.close()
+
+
+def test_a_closing_worker_s_listener_does_not_sit_out_its_wait(database_url):
+    """ListenConnection.interrupt ends a wait in progress (and every later one) at once: a
+    stopping ThreadWorker's listener does not hold the stop for its wait's length."""
+    listener = ListenConnection(database_url, ["interrupt_test"])
+    listener.connect()
+    waiting, ended = threading.Event(), threading.Event()
+
+    def wait() -> None:
+        waiting.set()
+        assert listener.wait(600) == []
+        ended.set()
+
+    thread = threading.Thread(target=wait, daemon=True)
+    try:
+        thread.start()
+        assert waiting.wait(10)
+        listener.interrupt()
+        assert ended.wait(30), "the wait was not interrupted"
+        assert listener.wait(600) == []  # and every later wait ends at once
+    finally:
+        listener.close()

@@ -141,6 +141,8 @@ class _Threads:
 
     def set(self, signal: Signal) -> None:
         self._events[signal].set()
+        if signal is Signal.CLOSING:  # the listener does not sit out its wait
+            self._listen.interrupt()
 
     def clear(self, signal: Signal) -> None:
         self._events[signal].clear()
