@@ -131,12 +131,14 @@ def test_event_sequences_on_every_worker(kind, engine, database_url):
         ("started", 1),
         ("cancelled", 1),
     ]
-    assert _sequence(recorder.of(ids["orphan"])) == [
-        ("enqueued", 0),
-        ("rescued", 1),
-        ("started", 2),
-        ("succeeded", 2),
-    ]
+    # The rescue's answer and the next claim race inside one worker: the job is claimable once
+    # the rescue commits, and a fetcher may claim and start it before the maintenance task has
+    # read the rescue's answer and emitted `rescued` (seen on asyncio under load). So `rescued`
+    # of attempt 1 comes after `enqueued`, and attempt 2's events keep their own order.
+    rescued = _sequence(recorder.of(ids["orphan"]))
+    assert rescued[0] == ("enqueued", 0)
+    assert sorted(rescued[1:]) == sorted([("rescued", 1), ("started", 2), ("succeeded", 2)])
+    assert [e for e in rescued if e[1] == 2] == [("started", 2), ("succeeded", 2)]
 
     worker_id = worker.worker.id
     for name, job_id in ids.items():
