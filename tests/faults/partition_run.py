@@ -535,7 +535,11 @@ def heal(run: Run, outcome: Outcome, *, alive: bool) -> Stopped:
         f"claimed nothing within {config.back_within:g}s of the heal",
     ):
         run.start_drainer()  # the probes need someone
-    lost = run.wait(lambda: LEASE_LOST in run.log_of(cut), config.margin if back else 0)
+    # The late outcomes may ride a claim on a connection the cut killed (it waits out its
+    # deadline), then go back to the completer, whose idle connection may be dead too (another
+    # deadline): up to one more statement_timeout after the worker is back.
+    late = config.statement_timeout + config.margin
+    lost = run.wait(lambda: LEASE_LOST in run.log_of(cut), late if back else 0)
     outcome.check(
         "late outcomes refused as 'lease lost'",
         lost is not None,
