@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
-from pgq_sa._notifications import ListenConnection
+from pgq_sa._notifications import ListenConnection, Message
 from pgq_sa._ops.worker import Claimed
 from pgq_sa._queue import Queue
 from pgq_sa._schema import notify_channel
@@ -114,6 +114,9 @@ class _Event:
     def set(self) -> None:
         self._event.set()
 
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
     def clear(self) -> None:
         if self._event.is_set():
             self._event = anyio.Event()
@@ -155,11 +158,14 @@ class _Tasks:
         self._runners: anyio.abc.TaskGroup | None = None
         self._running_services: set[str] = set()
         self._service_ended = _Event()
+        self._listen_scope: anyio.CancelScope | None = None  # the listener's wait, if waiting
 
     # --- Runtime -------------------------------------------------------------------------------
 
     def set(self, signal: Signal) -> None:
         self._events[signal].set()
+        if signal is Signal.CLOSING and self._listen_scope is not None:
+            self._listen_scope.cancel()  # the listener does not sit out its wait
 
     def clear(self, signal: Signal) -> None:
         self._events[signal].clear()
@@ -272,7 +278,7 @@ class _Tasks:
             case effects.ListenConnect():
                 return await anyio.to_thread.run_sync(self._listen.connect)
             case effects.ListenWait(timeout):
-                return await self._listen.wait_async(timeout)
+                return await self._listen_wait(timeout)
             case effects.ListenPing(timeout):
                 return await anyio.to_thread.run_sync(self._listen.ping, timeout)
             case effects.ListenClose():
@@ -280,6 +286,18 @@ class _Tasks:
             case effects.Shutdown(step):
                 return await self._shut_down(step)
         raise AssertionError(f"unknown effect {effect!r}")  # pragma: no cover
+
+    async def _listen_wait(self, timeout: float) -> list[Message]:
+        """The listener's wait, ended at once when the worker closes (a stop would otherwise
+        wait out up to ``LISTEN_WAIT`` for the listener to look at its flags again)."""
+        if self._events[Signal.CLOSING].is_set():
+            return []
+        with anyio.CancelScope() as self._listen_scope:
+            try:
+                return await self._listen.wait_async(timeout)
+            finally:
+                self._listen_scope = None
+        return []
 
     async def _shut_down(self, step: effects.ShutdownStep) -> None:
         if step is effects.ShutdownStep.STOP_RUNNERS:
