@@ -18,8 +18,12 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+
+# Errors a driver may raise without SQLAlchemy wrapping them (asyncpg's, on SQLAlchemy 2.0).
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
 
 __all__ = [
     "ConfigurationError",

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
+from pgq_sa._errors import DRIVER_ERRORS
 from pgq_sa._notifications import Message
 from pgq_sa._ops import schedules as scheduling
 from pgq_sa._ops import settings, workflows
@@ -48,7 +49,13 @@ T = TypeVar("T")
 # What a failed database call raises, whatever the driver: SQLAlchemy's wrapper, psycopg's own
 # errors (the LISTEN connection), socket errors (a refused or reset connection) and our client-
 # side statement deadline (a TimeoutError). All of them are retried; nothing else is.
-DATABASE_ERRORS = (DBAPIError, psycopg.Error, OSError)
+# asyncpg's own errors too: SQLAlchemy 2.0 lets some escape unwrapped (a refused connect).
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    DBAPIError,
+    psycopg.Error,
+    OSError,
+    *DRIVER_ERRORS,
+)
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 LISTEN_WAIT = 0.5  # the longest the listener waits before looking at the stop flags again
 # Silent for this long, the LISTEN connection is asked for an answer: a peer that vanished is
