@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 from pgq_sa import _validation as validation
@@ -92,6 +93,11 @@ class JobInfo:
         return self.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+# A job outside any workflow has no upstream: one shared empty mapping, not a dict per job (jobs
+# are built by the hundred per claim, and every container they carry costs the GC).
+NO_UPSTREAM: Mapping[int, JobInfo] = MappingProxyType({})
+
+
 @dataclass
 class Job:
     """The job a handler is running; ``cancelled`` turns True once it should stop."""
@@ -109,7 +115,7 @@ class Job:
     started_at: datetime | None = None  # when this attempt was claimed (database clock)
     meta: dict[str, Any] | None = field(default=None, repr=False)  # e.g. a trace context
     workflow_id: int | None = None  # the workflow this job is a step of, if any
-    upstream: Mapping[int, JobInfo] = field(default_factory=dict, repr=False)
+    upstream: Mapping[int, JobInfo] = field(default_factory=lambda: NO_UPSTREAM, repr=False)
     """A workflow step's direct dependencies as they finished, by job id (payloads left out)."""
     dependents: tuple[int, ...] = field(default=(), repr=False)
     """The ids of the workflow steps that wait for this one (when it was claimed)."""

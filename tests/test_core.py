@@ -19,7 +19,7 @@ from pgq_sa._decisions import Outcome
 from pgq_sa._job import Job
 from pgq_sa._ops.worker import Claimed, Claims, Finished, Identity
 from pgq_sa._worker import services
-from pgq_sa._worker.core import MAX_FINISH_BATCH, WorkerCore
+from pgq_sa._worker.core import MAX_FINISH_BATCH, WorkerCore, attempt_key, job_id_of
 from pgq_sa._worker.effects import Call, Lane, Shutdown, ShutdownStep, Signal, Wait
 from pgq_sa._worker.options import worker_options
 
@@ -533,6 +533,59 @@ def test_one_worker_may_hold_an_old_and_a_new_attempt_of_one_job():
     core.record_claim(core.reserve(), [second])
     core.start(second)
     core.release(first.job, None)  # the old attempt is dropped
-    assert core.held == {(second.job.id, 2)}
+    assert core.held == {attempt_key(second.job.id, 2)}
     core.cancel([second.job.id])
     assert second.job.cancel_reason == "cancel"
+
+
+def test_attempt_keys_tell_attempts_and_jobs_apart():
+    biggest = 2**31 - 1  # attempt is a 32-bit column
+    keys = {attempt_key(job, attempt) for job in (1, 2, 2**40) for attempt in (1, 2, biggest)}
+    assert len(keys) == 9
+    assert {job_id_of(key) for key in keys} == {1, 2, 2**40}
+
+
+def test_a_release_wakes_a_fetcher_only_when_every_slot_was_taken():
+    core = make_core(capacity=4, batch_size=4)
+    core.record_claim(core.reserve(), items := claimed(2))  # two slots stay free
+    core.runtime.signals.clear()
+    core.start(items[0])
+    core.release(items[0].job, succeeded(items[0]))
+    assert Signal.SLOT_FREED not in core.runtime.signals  # nobody waits for a slot
+    core.record_claim(core.reserve(), more := claimed(3))  # now every slot is taken
+    fetcher = services.fetcher(core, 1)
+    assert step(fetcher) == Wait(Signal.SLOT_FREED, core.options.poll_interval)
+    core.start(more[0])
+    core.release(more[0].job, succeeded(more[0]))
+    assert Signal.SLOT_FREED in core.runtime.signals  # the waiting fetcher wakes
+    assert core.reserve() is not None
+
+
+def test_the_first_outcome_wakes_a_waiting_completer_and_later_ones_need_not():
+    core = make_core()
+    core.record_claim(core.reserve(), items := claimed(3))
+    completer = services.completer(core)
+    assert step(completer) == Wait(Signal.OUTCOME_READY, core.options.poll_interval)
+    for item in items[:2]:
+        core.start(item)
+        core.release(item.job, succeeded(item))
+        assert Signal.OUTCOME_READY in core.runtime.signals
+    call = step(completer, True)  # it writes both
+    assert isinstance(call, Call)
+    assert len(core.pending) == 0
+    step(completer, None)  # written; nothing pending: it clears and waits again
+    assert Signal.OUTCOME_READY not in core.runtime.signals
+    core.start(items[2])
+    core.release(items[2].job, succeeded(items[2]))
+    assert Signal.OUTCOME_READY in core.runtime.signals
+
+
+def test_a_stopping_worker_hears_of_every_freed_slot():
+    core = make_core(capacity=4, batch_size=4)
+    core.record_claim(core.reserve(), items := claimed(2))
+    core.begin_stop()
+    shutdown = services.shutdown(core)
+    assert step(shutdown) == Wait(Signal.SLOT_FREED, pytest.approx(0.05, abs=0.01))
+    assert Signal.SLOT_FREED not in core.runtime.signals
+    core.release(items[0].job, succeeded(items[0]))
+    assert Signal.SLOT_FREED in core.runtime.signals

@@ -24,7 +24,7 @@ from pgq_sa._job import Job, JobError, JobInfo
 from pgq_sa._ops.drive import Operation
 from pgq_sa._schema import JobStatus
 from pgq_sa._sql import Statements
-from pgq_sa._sql.shared import CLAIMED_COLUMNS, ClaimedRow, FinishedRow, FinishSummaryRow
+from pgq_sa._sql.shared import CLAIMED_COLUMNS, FinishedRow, FinishSummaryRow
 from pgq_sa._tasks import TaskDefinition
 
 log = logging.getLogger("pgq_sa.worker")
@@ -170,29 +170,48 @@ def _claims(rows: Sequence[Any]) -> Claims:
 
 
 def _claimed(rows: Sequence[Any]) -> list[Claimed]:
-    """Handler-ready jobs from claimed rows (``ClaimedRow``)."""
+    """Handler-ready jobs from claimed rows, in the ``ClaimedRow`` shape: unpacked in its field
+    order, once, here (a batch of a hundred rows arrives per claim; building a ``ClaimedRow`` of
+    each and reading its attributes costs twice as much as the unpacking)."""
     claimed = []
-    for row in rows:
-        r = ClaimedRow._make(row)
+    for (
+        job_id,
+        task,
+        payload,
+        attempt,
+        max_attempts,
+        priority,
+        queue,
+        created_at,
+        timeout,
+        scheduled_at,
+        cancel_requested,
+        run_at,
+        started_at,
+        meta,
+        workflow_id,
+        upstream,
+        dependents,
+    ) in rows:
         job = Job(
-            r.id,
-            r.task,
-            r.payload,
-            r.attempt,
-            r.max_attempts,
-            r.priority,
-            r.queue,
-            r.created_at,
-            r.scheduled_at,
-            run_at=r.run_at,
-            started_at=r.started_at,
-            meta=r.meta,
+            job_id,
+            task,
+            payload,
+            attempt,
+            max_attempts,
+            priority,
+            queue,
+            created_at,
+            scheduled_at,
+            run_at,
+            started_at,
+            meta,
         )
-        if r.workflow_id is not None:
-            job.workflow_id = r.workflow_id
-            job.upstream = upstream_infos(r.upstream)
-            job.dependents = tuple(r.dependents or ())
-        claimed.append(Claimed(job, r.timeout, r.cancel_requested))
+        if workflow_id is not None:
+            job.workflow_id = workflow_id
+            job.upstream = upstream_infos(upstream)
+            job.dependents = tuple(dependents or ())
+        claimed.append(Claimed(job, timeout, cancel_requested))
     return claimed
 
 

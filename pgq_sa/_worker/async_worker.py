@@ -108,11 +108,11 @@ class AsyncWorker(Worker):
 class _Event:
     """A resettable event of one event loop."""
 
+    __slots__ = ("_event", "set")
+
     def __init__(self) -> None:
         self._event = anyio.Event()
-
-    def set(self) -> None:
-        self._event.set()
+        self.set: Callable[[], None] = self._event.set  # a few times per job: no extra frame
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -120,6 +120,7 @@ class _Event:
     def clear(self) -> None:
         if self._event.is_set():
             self._event = anyio.Event()
+            self.set = self._event.set
 
     async def wait(self, timeout: float | None) -> bool:
         with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -371,7 +372,13 @@ class _Tasks:
         definition, timeout = prepared
         outcome: Outcome | None = None
         try:
-            outcome = await self._run(job, definition, timeout, scope)
+            if definition.is_async and not (
+                definition.transactional or self._events_active() or job.workflow_id
+            ):
+                # in the runner's own scope: no coroutine, task or scope of its own (the hot path)
+                outcome = await run_in_scope(definition, job, timeout, scope, self._scopes)
+            else:
+                outcome = await self._run_apart(job, definition, timeout)
         except anyio.get_cancelled_exc_class():
             if scope.cancel_called and job.cancel_reason in ("cancel", "timeout"):
                 outcome = interrupted(job, timeout)  # ours: recorded; the scope absorbs it
@@ -383,15 +390,18 @@ class _Tasks:
         finally:
             self.core.release(job, outcome)
 
-    async def _run(
-        self, job: Job, definition: TaskDefinition, timeout: float | None, scope: anyio.CancelScope
+    def _events_active(self) -> bool:
+        return self._worker.queue.events.active
+
+    async def _run_apart(
+        self, job: Job, definition: TaskDefinition, timeout: float | None
     ) -> Outcome:
+        """A ``def`` handler in a worker thread; an ``async def`` one that needs its own scope,
+        transaction and events (see _worker/transactional.py): transactional tasks, any task
+        while events are observed, and workflow steps (the steps they add commit with their
+        success)."""
         events, worker_id = self._worker.queue.events, self.core.worker_id
         if not definition.is_async:
             run = partial(self._jobs.sync.run, definition, job, timeout, events, worker_id)
             return await run_in_thread(run, job, timeout, self._threads)
-        if definition.transactional or events.active or job.workflow_id:
-            # its own scope, transaction and events (see _worker/transactional.py); workflow
-            # steps too: the steps they add commit with their success
-            return await self._jobs.run(definition, job, timeout, events, worker_id)
-        return await run_in_scope(definition, job, timeout, scope, self._scopes)
+        return await self._jobs.run(definition, job, timeout, events, worker_id)

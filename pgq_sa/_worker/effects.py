@@ -35,6 +35,10 @@ class Signal(enum.Enum):
     REGISTERED = "registered"  # the worker's row is alive again (after a re-registration)
     BEAT_NOW = "beat now"  # a claim found the worker's row dead: heartbeat at once
 
+    # Members are singletons: hash them by identity, in C (Enum's own hash is a Python call,
+    # and the drivers look signals up a few times per job).
+    __hash__ = object.__hash__
+
 
 class Lane(enum.Enum):
     """Which connection a :class:`Call` runs on: a lane kept by one component, or any pooled
@@ -45,6 +49,8 @@ class Lane(enum.Enum):
     LIMITED = "limited"  # a transaction per claim of limited tasks
     FINISH = "finish"
     HEARTBEAT = "heartbeat"
+
+    __hash__ = object.__hash__  # as for Signal
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,6 +227,7 @@ def _claim(
             core.reached = True
             core.problems.recovered("claim")
             core.written(batch, finished)
+            reservation.piggyback = None  # written: let the outcomes go now
             core.claim_answered(claims.alive)
             return claims.jobs
     claimed: list[protocol.Claimed] = []
