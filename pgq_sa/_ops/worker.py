@@ -278,8 +278,7 @@ def finish(
     if not outcomes:
         return Finished({}, (), None)
     params: dict[str, Any] = {"worker_id": worker_id, **finish_parameters(outcomes)}
-    statement = statements.finish_plain if plain else statements.finish
-    rows: Sequence[Any] = yield statement, params
+    rows: Sequence[Any] = yield statements.finish_for(plain=plain), params
     written = [FinishedRow._make(row) for row in rows]
     retries = [row.run_at for row in written if row.state == "queued"]
     recorded = {row.id: row.state for row in written}
@@ -307,16 +306,10 @@ def finish_and_claim(
         "limit": limit,
         **finish_parameters(list(outcomes)),
     }
-    if queues is None:
-        statement = statements.finish_and_claim_plain if plain else statements.finish_and_claim
-        rows = yield statement, params
-    else:
-        statement = (
-            statements.finish_and_claim_in_queues_plain
-            if plain
-            else statements.finish_and_claim_in_queues
-        )
-        rows = yield statement, {**params, "queues": list(queues)}
+    if queues is not None:
+        params["queues"] = list(queues)
+    statement = statements.finish_and_claim_for(in_queues=queues is not None, plain=plain)
+    rows = yield statement, params
     claimed_rows: list[Any] = []
     recorded: dict[int, str] = {}
     next_retry = None

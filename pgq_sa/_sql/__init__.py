@@ -128,3 +128,15 @@ class Statements:
             dashboard=DashboardStatements.build(tables),
             workflows=WorkflowStatements.build(tables),
         )
+
+    def finish_for(self, *, plain: bool) -> Executable:
+        """The finish statement for a batch; ``plain``: no outcome is of a workflow step."""
+        return self.finish_plain if plain else self.finish
+
+    def finish_and_claim_for(self, *, in_queues: bool, plain: bool) -> Executable:
+        """The finish-and-claim statement for a batch, claiming in named queues or any."""
+        if in_queues:
+            return (
+                self.finish_and_claim_in_queues_plain if plain else self.finish_and_claim_in_queues
+            )
+        return self.finish_and_claim_plain if plain else self.finish_and_claim

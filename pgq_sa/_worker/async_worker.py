@@ -373,7 +373,7 @@ class _Tasks:
         outcome: Outcome | None = None
         try:
             if definition.is_async and not (
-                definition.transactional or self._events_active() or job.workflow_id
+                definition.transactional or self._worker.queue.events.active or job.workflow_id
             ):
                 # in the runner's own scope: no coroutine, task or scope of its own (the hot path)
                 outcome = await run_in_scope(definition, job, timeout, scope, self._scopes)
@@ -389,9 +389,6 @@ class _Tasks:
             outcome = failed_around(job, error)
         finally:
             self.core.release(job, outcome)
-
-    def _events_active(self) -> bool:
-        return self._worker.queue.events.active
 
     async def _run_apart(
         self, job: Job, definition: TaskDefinition, timeout: float | None
