@@ -261,9 +261,12 @@ class _Tasks:
                 return value  # type: ignore[no-any-return]
             sent, error = None, None
             try:
-                # Shielded: a statement in flight finishes (or fails) before the task may be
-                # cancelled, so no pooled connection is abandoned half-way.
-                with anyio.CancelScope(shield=isinstance(value, effects.Call)):
+                if isinstance(value, effects.Call):
+                    # Shielded: a statement in flight finishes (or fails) before the task may be
+                    # cancelled, so no pooled connection is abandoned half-way.
+                    with anyio.CancelScope(shield=True):
+                        sent = await self._perform(value)
+                else:  # a wait: no scope of its own (one fewer per wait, several per claim)
                     sent = await self._perform(value)
             except services.DATABASE_ERRORS as failure:
                 error = failure
