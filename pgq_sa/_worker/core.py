@@ -220,9 +220,12 @@ class WorkerCore:
 
     def drained(self, reservation: Reservation, claimed: int) -> bool:
         """``until_empty``: the claim found nothing, nothing runs or waits to be written, and no
-        write happened since the claim began (a write may have queued a retry that is due)."""
+        write happened since the claim began (a write may have queued a retry that is due). A
+        claim that found the worker's row dead claimed nothing whatever is queued: it proves
+        nothing until the worker has registered again and claimed."""
         return (
             self.until_empty
+            and self.registered
             and claimed == 0
             and self.busy == 0
             and self.unwritten == 0
