@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.compiler import Compiled
 from sqlalchemy.sql.expression import Executable
 
+from pgq_sa._errors import DRIVER_ERRORS
 from pgq_sa._ops.drive import Operation, T
 
 
@@ -111,11 +112,10 @@ class PreparedConnection:
 
 
 def _is_driver_error(error: Exception) -> bool:
-    """Is this asyncpg's own error? Its ``InternalClientError`` included: asyncpg raises it for a
-    call on a connection lost during an earlier operation ("another operation is in
-    progress"), which must be retried on a fresh connection like any lost connection."""
+    """Is this asyncpg's own error (``DRIVER_ERRORS``)? Its ``InternalClientError`` included:
+    asyncpg raises it for a call on a connection lost during an earlier operation ("another
+    operation is in progress"), which must be retried on a fresh connection like any lost
+    connection."""
     import asyncpg
 
-    return isinstance(
-        error, (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-    )
+    return isinstance(error, (*DRIVER_ERRORS, asyncpg.InternalClientError))
