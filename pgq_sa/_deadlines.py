@@ -183,11 +183,13 @@ def guard(dbapi_connection: Any, seconds: float) -> Iterator[Guard]:
 @contextlib.contextmanager
 def async_guard(seconds: float) -> Iterator[Any]:
     """The same for an awaited statement: cancel it after ``seconds`` (or at once, by setting
-    the yielded cancel scope's deadline to the past)."""
+    the yielded cancel scope's deadline to the past). The scope is shielded from the awaiting
+    task's own cancellation: a statement in flight finishes (or fails) before the task may be
+    cancelled, so no pooled connection is abandoned half-way. (One scope for both: a worker
+    enters it for every statement.)"""
     import anyio
 
-    try:
-        with anyio.fail_after(seconds) as scope:
-            yield scope
-    except TimeoutError as error:
-        raise StatementDeadline(seconds) from error
+    with anyio.CancelScope(deadline=anyio.current_time() + seconds, shield=True) as scope:
+        yield scope
+    if scope.cancelled_caught:
+        raise StatementDeadline(seconds)

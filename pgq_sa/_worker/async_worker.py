@@ -12,7 +12,6 @@ a sync engine runs in worker threads.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import threading
 from collections import deque
@@ -38,7 +37,7 @@ from pgq_sa._schema import notify_channel
 from pgq_sa._tasks import TaskDefinition
 from pgq_sa._worker import effects, services, transactional
 from pgq_sa._worker.base import Worker
-from pgq_sa._worker.core import fetcher_count
+from pgq_sa._worker.core import fetcher_count, timeout_of
 from pgq_sa._worker.effects import Signal
 from pgq_sa._worker.handlers import failed_around, interrupted, run_in_scope, run_in_thread
 from pgq_sa._worker.lanes import AsyncDatabase, async_database, interrupt_claims, open_lanes
@@ -123,9 +122,13 @@ class _Event:
             self.set = self._event.set
 
     async def wait(self, timeout: float | None) -> bool:
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
-            await self._event.wait()
-        return self._event.is_set()
+        event = self._event
+        if event.is_set() or timeout is None:  # no timeout to keep: no cancel scope
+            await event.wait()  # (set: a checkpoint only)
+            return True
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        return event.is_set()
 
 
 class _Tasks:
@@ -261,13 +264,9 @@ class _Tasks:
                 return value  # type: ignore[no-any-return]
             sent, error = None, None
             try:
-                if isinstance(value, effects.Call):
-                    # Shielded: a statement in flight finishes (or fails) before the task may be
-                    # cancelled, so no pooled connection is abandoned half-way.
-                    with anyio.CancelScope(shield=True):
-                        sent = await self._perform(value)
-                else:  # a wait: no scope of its own (one fewer per wait, several per claim)
-                    sent = await self._perform(value)
+                # A Call is shielded from this task's cancellation by the database or lane that
+                # runs it (a statement in flight finishes or fails first: see async_guard).
+                sent = await self._perform(value)
             except services.DATABASE_ERRORS as failure:
                 error = failure
 
@@ -369,10 +368,10 @@ class _Tasks:
 
     async def _handle(self, item: Claimed, scope: anyio.CancelScope) -> None:
         job = item.job
-        prepared = self.core.start(item)
-        if prepared is None:
+        definition = self.core.start(item)
+        if definition is None:
             return
-        definition, timeout = prepared
+        timeout = timeout_of(item, definition)
         outcome: Outcome | None = None
         try:
             if definition.is_async and not (

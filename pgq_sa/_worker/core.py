@@ -85,6 +85,11 @@ def attempt_key(job_id: int, attempt: int) -> int:
     return job_id << 32 | attempt
 
 
+def timeout_of(item: Claimed, definition: TaskDefinition) -> float | None:
+    """How long a claimed job may run: its own timeout, else its task's (None: no limit)."""
+    return item.timeout or definition.timeout
+
+
 def job_id_of(key: int) -> int:
     """The job id of an :func:`attempt_key`."""
     return key >> 32
@@ -270,16 +275,17 @@ class WorkerCore:
 
     # --- running -------------------------------------------------------------------------------
 
-    def start(self, item: Claimed) -> tuple[TaskDefinition, float | None] | None:
-        """A runner is about to run ``item``: its task and timeout, or None when the worker is
-        stopping (the job stays claimed and is handed back at shutdown)."""
+    def start(self, item: Claimed) -> TaskDefinition | None:
+        """A runner is about to run ``item``: its task, or None when the worker is stopping (the
+        job stays claimed and is handed back at shutdown). Its timeout is :func:`timeout_of`.
+        (No tuple of both: one object fewer per job for the garbage collector to track.)"""
         if self.stopping:
             self.release(item.job, None)
             return None
         definition = self.options.tasks[item.job.task]
         if item.cancel_requested:
             item.job.request_cancel("cancel")
-        return definition, item.timeout or definition.timeout
+        return definition
 
     def release(self, job: Job, outcome: Outcome | None) -> None:
         """A runner is done with ``job``: its outcome waits to be written; None (not started,

@@ -258,14 +258,14 @@ class AsyncioDatabase:
         self._compiled = driver_path.StatementCache(dialect) if supported else None
 
     async def run(self, operation: Operation[T], deadline: float | None = None) -> T:
-        async with self.engine.connect() as connection:
-            try:
-                with deadlines.async_guard(deadline or self.deadline):
-                    return await run_async(connection, operation)
-            except deadlines.StatementDeadline:
-                with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):  # the checkout and check-in too (see async_guard)
+            async with self.engine.connect() as connection:
+                try:
+                    with deadlines.async_guard(deadline or self.deadline):
+                        return await run_async(connection, operation)
+                except deadlines.StatementDeadline:
                     await connection.invalidate()
-                raise
+                    raise
 
     def describe(self) -> str:
         return describe(self.engine)

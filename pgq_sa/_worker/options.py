@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from pgq_sa import _validation as validation
 from pgq_sa._deadlines import DEFAULT_STATEMENT_TIMEOUT
@@ -31,20 +32,22 @@ class WorkerOptions:
         worker's lease."""
         return min(self.statement_timeout, self.lease_timeout / 3)
 
-    @property
-    def task_names(self) -> list[str]:
-        return sorted(self.tasks)
+    # Derived from the tasks once, at the first use (when the worker starts): the claim reads
+    # them on every round trip.
+    @cached_property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.tasks))
 
-    @property
-    def limited_tasks(self) -> list[str]:
+    @cached_property
+    def limited_tasks(self) -> tuple[str, ...]:
         """Tasks with a cluster-wide concurrency or rate limit: claimed under their limit rows."""
-        return sorted(n for n, d in self.tasks.items() if d.concurrency or d.rate_limit)
+        return tuple(sorted(n for n, d in self.tasks.items() if d.concurrency or d.rate_limit))
 
-    @property
-    def free_tasks(self) -> list[str]:
-        return sorted(set(self.tasks) - set(self.limited_tasks))
+    @cached_property
+    def free_tasks(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.tasks) - set(self.limited_tasks)))
 
-    @property
+    @cached_property
     def pacing(self) -> float | None:
         """How soon to claim again after a rate-limited claim took jobs: the tightest spacing."""
         spacings = [

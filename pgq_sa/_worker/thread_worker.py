@@ -34,7 +34,7 @@ from pgq_sa._tasks import TaskDefinition
 from pgq_sa._timers import TimerThread
 from pgq_sa._worker import effects, services, transactional
 from pgq_sa._worker.base import Worker
-from pgq_sa._worker.core import fetcher_count
+from pgq_sa._worker.core import fetcher_count, timeout_of
 from pgq_sa._worker.effects import Signal
 from pgq_sa._worker.handlers import failed_around, run_async_handler
 from pgq_sa._worker.lanes import SyncDatabase, interrupt_claims, open_lanes, sync_engine
@@ -277,10 +277,10 @@ class _Threads:
     def _handle_jobs(self) -> None:
         while (item := self._work.get()) is not None:
             with self._lock:
-                prepared = self.core.start(item)
-            if prepared is None:
+                definition = self.core.start(item)
+            if definition is None:
                 continue
-            outcome = self._run(item.job, *prepared)
+            outcome = self._run(item.job, definition, timeout_of(item, definition))
             with self._lock:
                 self.core.release(item.job, outcome)
 
