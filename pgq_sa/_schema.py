@@ -148,30 +148,8 @@ def _jobs_table(metadata: MetaData, state_enum: Enum) -> Table:
         Column("workflow_id", BigInteger, nullable=True),
         Column("waiting_for", Integer, nullable=False, server_default="0"),
         Column("on_upstream_failure", Text, nullable=True),
-        CheckConstraint(
-            f"char_length(task) BETWEEN 1 AND {MAX_TASK_NAME_LENGTH}", name="task_length"
-        ),
-        CheckConstraint(
-            f"char_length(queue) BETWEEN 1 AND {MAX_QUEUE_NAME_LENGTH}", name="queue_length"
-        ),
-        CheckConstraint(
-            f"max_attempts BETWEEN 1 AND {MAX_ATTEMPTS_LIMIT}", name="max_attempts_range"
-        ),
-        CheckConstraint("attempt BETWEEN 0 AND max_attempts", name="attempt_range"),
-        CheckConstraint(
-            "state <> 'running' OR (worker_id IS NOT NULL AND attempt >= 1)",
-            name="running_has_lease",
-        ),
-        CheckConstraint(
-            f"dedupe_key IS NULL OR char_length(dedupe_key) BETWEEN 1 AND {MAX_DEDUPE_KEY_LENGTH}",
-            name="dedupe_key_length",
-        ),
-        CheckConstraint("timeout IS NULL OR timeout > 0", name="timeout_positive"),
-        CheckConstraint("waiting_for >= 0", name="waiting_for"),
-        CheckConstraint(
-            "on_upstream_failure IS NULL OR on_upstream_failure IN ('cancel', 'run')",
-            name="on_upstream_failure",
-        ),
+        # No CHECK constraints: the row rules are a trigger (jobs_rules_ddl), which claims and
+        # finishes do not pay for.
         # The claim path: queued jobs only, in the claim's own order.
         Index(
             "jobs_claim_idx",
@@ -368,7 +346,8 @@ def build_tables(schema: str = DEFAULT_SCHEMA) -> QueueTables:
         values_callable=lambda states: [s.value for s in states],
     )
     jobs = _jobs_table(metadata, state_enum)
-    for statement in [jobs_storage_ddl(schema), *notify_trigger_ddl(schema)]:
+    after_create = [jobs_storage_ddl(schema), *jobs_rules_ddl(schema), *notify_trigger_ddl(schema)]
+    for statement in after_create:
         event.listen(jobs, "after_create", DDL(statement))  # type: ignore[no-untyped-call]
     return QueueTables(
         schema=schema,
@@ -399,6 +378,81 @@ def jobs_storage_ddl(schema: str) -> str:
     validate_schema_name(schema)
     settings = ", ".join(f"{name} = {value}" for name, value in JOBS_STORAGE.items())
     return f'ALTER TABLE "{schema}".jobs SET ({settings})'
+
+
+# The rules every jobs row obeys, as (constraint name, condition on the row ``NEW``). They were
+# CHECK constraints until migration step 0006; PostgreSQL prepares a table's CHECKs afresh for
+# every statement writing to it, so each claim and finish paid for all of them. A row trigger
+# checks them instead, on INSERT and on an UPDATE setting one of ``RULE_COLUMNS``: the columns a
+# producer or an operator supplies. The worker's own transitions (state, attempt, worker_id and
+# the times and results that go with them) are written only by the claim and finish statements.
+JOBS_ROW_RULES: tuple[tuple[str, str], ...] = (
+    ("jobs_task_length_check", f"char_length(NEW.task) BETWEEN 1 AND {MAX_TASK_NAME_LENGTH}"),
+    ("jobs_queue_length_check", f"char_length(NEW.queue) BETWEEN 1 AND {MAX_QUEUE_NAME_LENGTH}"),
+    ("jobs_max_attempts_range_check", f"NEW.max_attempts BETWEEN 1 AND {MAX_ATTEMPTS_LIMIT}"),
+    ("jobs_attempt_range_check", "NEW.attempt BETWEEN 0 AND NEW.max_attempts"),
+    (
+        "jobs_running_has_lease_check",
+        "NEW.state <> 'running' OR (NEW.worker_id IS NOT NULL AND NEW.attempt >= 1)",
+    ),
+    (
+        "jobs_dedupe_key_length_check",
+        "NEW.dedupe_key IS NULL OR char_length(NEW.dedupe_key) "
+        f"BETWEEN 1 AND {MAX_DEDUPE_KEY_LENGTH}",
+    ),
+    ("jobs_timeout_positive_check", "NEW.timeout IS NULL OR NEW.timeout > 0"),
+    ("jobs_waiting_for_check", "NEW.waiting_for >= 0"),
+    (
+        "jobs_on_upstream_failure_check",
+        "NEW.on_upstream_failure IS NULL OR NEW.on_upstream_failure IN ('cancel', 'run')",
+    ),
+)
+RULE_COLUMNS = (
+    "task",
+    "queue",
+    "max_attempts",
+    "dedupe_key",
+    "timeout",
+    "waiting_for",
+    "on_upstream_failure",
+)
+
+
+def jobs_rules_ddl(schema: str) -> list[str]:
+    """DDL of the row trigger checking :data:`JOBS_ROW_RULES`: its WHEN clause is the rules'
+    conjunction negated, so the function runs only for a row that breaks one, and raises what a
+    CHECK raises (SQLSTATE 23514, the constraint named)."""
+    validate_schema_name(schema)
+    cases = "\n".join(
+        f"        WHEN NOT coalesce({rule}, true) THEN '{name}'" for name, rule in JOBS_ROW_RULES
+    )
+    every_rule = " AND ".join(f"({rule})" for _, rule in JOBS_ROW_RULES)
+    function = f"""
+CREATE OR REPLACE FUNCTION "{schema}".jobs_check_rules() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    broken text;
+BEGIN
+    broken := CASE
+{cases}
+    END;
+    IF broken IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            MESSAGE = 'new row for relation "' || TG_TABLE_NAME
+                      || '" violates check constraint "' || broken || '"',
+            ERRCODE = 'check_violation', CONSTRAINT = broken,
+            TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+    END IF;
+    RETURN NEW;
+END
+$$"""
+    trigger = f"""
+CREATE TRIGGER jobs_check_rules
+    BEFORE INSERT OR UPDATE OF {", ".join(RULE_COLUMNS)} ON "{schema}".jobs
+    FOR EACH ROW
+    WHEN (NOT ({every_rule}))
+    EXECUTE FUNCTION "{schema}".jobs_check_rules()"""
+    return [function, trigger]
 
 
 def notify_trigger_ddl(schema: str) -> list[str]:

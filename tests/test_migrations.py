@@ -72,7 +72,7 @@ def test_check_reports_drift(empty_engine):
     assert any("jobs_claim_idx" in str(d) for d in result.differences)
 
 
-def test_notify_trigger_is_installed(empty_engine):
+def test_notify_and_rules_triggers_are_installed(empty_engine):
     m.db_upgrade(empty_engine)
     with empty_engine.connect() as connection:
         triggers = (
@@ -85,7 +85,7 @@ def test_notify_trigger_is_installed(empty_engine):
             .scalars()
             .all()
         )
-    assert triggers == ["jobs_notify_inserted"]
+    assert sorted(triggers) == ["jobs_check_rules", "jobs_notify_inserted"]
 
 
 def _user_project(tmp_path: Path, *, own_revision: bool) -> Path:

@@ -19,6 +19,7 @@ from pgq_sa._steps import (
     s0003_awaited,
     s0004_workflows,
     s0005_held_keys,
+    s0006_row_rules,
 )
 
 
@@ -44,5 +45,6 @@ STEPS: tuple[Step, ...] = tuple(
         s0003_awaited,
         s0004_workflows,
         s0005_held_keys,
+        s0006_row_rules,
     )
 )
