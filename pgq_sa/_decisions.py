@@ -11,8 +11,7 @@ import json
 import random
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pgq_sa import _validation as validation
 from pgq_sa._job import Retry
@@ -31,9 +30,9 @@ def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
     return float(delay * (1 - BACKOFF_JITTER + 2 * BACKOFF_JITTER * rng()))
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What to write for one finished attempt: the job's next state and its details."""
+class Outcome(NamedTuple):
+    """What to write for one finished attempt: the job's next state and its details. (A named
+    tuple: one is made per job, and a frozen dataclass costs three times as much to make.)"""
 
     job_id: int
     attempt: int

@@ -19,7 +19,6 @@ added steps with ``job.add_to_workflow``: see the workflow hook below.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import uuid
@@ -104,7 +103,7 @@ def _lease_lost(job: Job, outcome: Outcome) -> Outcome:
         job.id,
         job.attempt,
     )
-    return dataclasses.replace(outcome, written=True)
+    return outcome._replace(written=True)
 
 
 # --- workflow hook (issue 15) -----------------------------------------------------------------
@@ -246,7 +245,7 @@ class SyncJobs:
             transaction.rollback()
             return _lease_lost(job, outcome)
         transaction.commit()
-        return dataclasses.replace(outcome, written=True)
+        return outcome._replace(written=True)
 
     def commit_steps(
         self,
@@ -271,7 +270,7 @@ class SyncJobs:
                 transaction.commit()
         except Exception as error:
             return _failed_around(job, error)
-        return dataclasses.replace(outcome, written=True)
+        return outcome._replace(written=True)
 
     def _engine_for_steps(self) -> Engine:
         with self._steps_lock:
@@ -394,7 +393,7 @@ class AsyncJobs:
                     await _close(connection)
             except Exception as error:
                 return _failed_around(job, error)
-        return dataclasses.replace(outcome, written=True)
+        return outcome._replace(written=True)
 
     async def _run(
         self,
@@ -443,7 +442,7 @@ class AsyncJobs:
                 await transaction.rollback()
                 return _lease_lost(job, outcome)
             await transaction.commit()
-        return dataclasses.replace(outcome, written=True)
+        return outcome._replace(written=True)
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
