@@ -28,7 +28,7 @@ class Signal(enum.Enum):
     BACKLOG = "backlog"  # claims come back full: the other fetchers join in
     SLOT_FREED = "slot freed"  # a handler slot freed up (or an outcome was written)
     OUTCOME_READY = "outcome ready"  # the completer has outcomes to write
-    HANDOVER = "handover"  # a fetcher took pending outcomes along, or stopped being hungry
+    HANDOVER = "handover"  # a fetcher stopped being hungry (the completer writes for itself)
     STOPPING = "stopping"  # stop claiming; running jobs may finish
     CLOSING = "closing"  # the services end
     FINAL = "final"  # the shutdown waits for the completer: its writes are tried, not retried
