@@ -537,8 +537,10 @@ def heal(run: Run, outcome: Outcome, *, alive: bool) -> Stopped:
         run.start_drainer()  # the probes need someone
     # The late outcomes may ride a claim on a connection the cut killed (it waits out its
     # deadline), then go back to the completer, whose idle connection may be dead too (another
-    # deadline): up to one more statement_timeout after the worker is back.
-    late = config.statement_timeout + config.margin
+    # deadline), and its retry backs off before a fresh connection writes them: up to two
+    # statement_timeouts after the worker is back (one was seen not to suffice on a loaded
+    # machine). The wait ends as soon as the line is logged.
+    late = 2 * config.statement_timeout + config.margin
     lost = run.wait(lambda: LEASE_LOST in run.log_of(cut), late if back else 0)
     outcome.check(
         "late outcomes refused as 'lease lost'",
