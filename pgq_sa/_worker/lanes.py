@@ -262,10 +262,11 @@ class AsyncioDatabase:
             async with self.engine.connect() as connection:
                 try:
                     with deadlines.async_guard(deadline or self.deadline):
-                        return await run_async(connection, operation)
+                        result = await run_async(connection, operation)
                 except deadlines.StatementDeadline:
                     await connection.invalidate()
                     raise
+        return result
 
     def describe(self) -> str:
         return describe(self.engine)
