@@ -25,8 +25,16 @@ BROKEN = {
     "jobs_on_upstream_failure_check": {"on_upstream_failure": "'ignore'"},
 }
 # What the worker's claim and finish statements set (see pgq_sa._sql.claim and .finish).
-WORKER_WRITES = {"state", "attempt", "worker_id", "run_at", "started_at", "finished_at"}
-WORKER_WRITES |= {"result", "error"}
+WORKER_WRITES = {
+    "state",
+    "attempt",
+    "worker_id",
+    "run_at",
+    "started_at",
+    "finished_at",
+    "result",
+    "error",
+}
 
 
 def _install(engine, schema: str, door: str) -> None:

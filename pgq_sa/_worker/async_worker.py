@@ -264,8 +264,9 @@ class _Tasks:
                 return value  # type: ignore[no-any-return]
             sent, error = None, None
             try:
-                # A Call is shielded from this task's cancellation by the database or lane that
-                # runs it (a statement in flight finishes or fails first: see async_guard).
+                # A Call is shielded from this task's cancellation by what runs it: async_guard
+                # on asyncio, anyio's worker threads (not abandoned on cancel) on the threaded
+                # database; a statement in flight finishes or fails first.
                 sent = await self._perform(value)
             except services.DATABASE_ERRORS as failure:
                 error = failure
