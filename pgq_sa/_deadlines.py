@@ -28,7 +28,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Any
+
+import anyio
 
 from pgq_sa._errors import StatementDeadline
 from pgq_sa._timers import TimerThread
@@ -180,16 +183,29 @@ def guard(dbapi_connection: Any, seconds: float) -> Iterator[Guard]:
         raise StatementDeadline(seconds)
 
 
-@contextlib.contextmanager
-def async_guard(seconds: float) -> Iterator[Any]:
+class async_guard:  # lower case: it reads as a function, ``with async_guard(seconds) as scope``
     """The same for an awaited statement: cancel it after ``seconds`` (or at once, by setting
-    the yielded cancel scope's deadline to the past). The scope is shielded from the awaiting
-    task's own cancellation: a statement in flight finishes (or fails) before the task may be
-    cancelled, so no pooled connection is abandoned half-way. (One scope for both: a worker
-    enters it for every statement.)"""
-    import anyio
+    the cancel scope it yields to a deadline in the past). The scope is shielded from the
+    awaiting task's own cancellation: a statement in flight finishes (or fails) before the task
+    may be cancelled, so no pooled connection is abandoned half-way. (One scope for both, and a
+    class rather than a generator-based context manager: a worker enters it for every statement.)"""
 
-    with anyio.CancelScope(deadline=anyio.current_time() + seconds, shield=True) as scope:
-        yield scope
-    if scope.cancelled_caught:
-        raise StatementDeadline(seconds)
+    __slots__ = ("_scope", "_seconds")
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._scope = anyio.CancelScope(deadline=anyio.current_time() + seconds, shield=True)
+
+    def __enter__(self) -> anyio.CancelScope:
+        return self._scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # The scope swallows only its own cancellation (the deadline): that becomes the error.
+        self._scope.__exit__(exc_type, exc, traceback)
+        if self._scope.cancelled_caught:
+            raise StatementDeadline(self._seconds) from None

@@ -172,9 +172,13 @@ class ListenConnection:
             with contextlib.suppress(OSError):
                 os.write(wake[1], b"!")
 
-    async def wait_async(self, timeout: float) -> list[Message]:
-        """Wait up to ``timeout`` seconds for notifications (asyncio or trio)."""
+    async def wait_async(self, timeout: float | None) -> list[Message]:
+        """Wait up to ``timeout`` seconds for notifications (asyncio or trio); None: as long as
+        the caller's own cancel scope lets it."""
         if self._held:
+            return self.read()
+        if timeout is None:
+            await anyio.wait_readable(self.fileno())
             return self.read()
         with anyio.move_on_after(max(timeout, 0)):
             await anyio.wait_readable(self.fileno())

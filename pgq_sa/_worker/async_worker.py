@@ -293,12 +293,16 @@ class _Tasks:
 
     async def _listen_wait(self, timeout: float) -> list[Message]:
         """The listener's wait, ended at once when the worker closes (a stop would otherwise
-        wait out up to ``LISTEN_WAIT`` for the listener to look at its flags again)."""
+        wait out up to ``LISTEN_WAIT`` for the listener to look at its flags again).
+
+        It first lets the tasks its last messages woke run: a fetcher woken by a NOTIFY sends
+        its claim before the listener spends time setting up its next wait."""
+        await anyio.lowlevel.checkpoint()
         if self._events[Signal.CLOSING].is_set():
             return []
-        with anyio.CancelScope() as self._listen_scope:
+        with anyio.move_on_after(timeout) as self._listen_scope:  # one scope: timeout and close
             try:
-                return await self._listen.wait_async(timeout)
+                return await self._listen.wait_async(None)
             finally:
                 self._listen_scope = None
         return []
