@@ -428,12 +428,50 @@ def test_finishing_the_root_of_a_wide_fan_out_is_linear(engine, database_url):
                 assert rows * loops <= 2 * 2000, plan
 
 
-def test_a_plain_job_never_reads_the_edges_when_claimed(engine, database_url):
+def _sent_by_claim(queue: Queue, engine, task: str) -> tuple[list, list[protocol.Claimed]]:
+    """Claim one job of ``task`` on a fresh worker row: the statements sent, and the jobs."""
+    worker = protocol.Identity.new("test")
+    run_sync(engine, protocol.register(queue.statements, worker, [task], None, 1, 5.0, 60.0))
+    operation = protocol.claim(queue.statements, worker.id, [task], None, 10)
+    sent = []
+    with engine.begin() as connection:
+        statement, params = next(operation)
+        while True:
+            sent.append(statement)
+            rows = connection.execute(statement, params).all()
+            try:
+                statement, params = operation.send(rows)
+            except StopIteration as done:
+                return sent, done.value.jobs
+
+
+def test_a_claim_of_plain_jobs_never_touches_the_edges(engine):
     queue = _queue()
     queue.enqueue(engine, "a")
-    params = {"worker_id": uuid.uuid4(), "tasks": ["a"], "limit": 10}
-    plan = _generic_plan(database_url, queue.statements.claim, params, CLAIM_SESSION)
-    assert "job_dependencies" in plan  # the subplans are there...
-    for line in plan.splitlines():
-        if "job_dependencies" in line:
-            assert "never executed" in line, plan  # ...and never run for a plain job
+    sent, claimed = _sent_by_claim(queue, engine, "a")
+    assert [job.job.task for job in claimed] == ["a"]
+    assert sent == [queue.statements.claim]  # one statement...
+    statements = queue.statements
+    for statement in (
+        statements.claim,
+        statements.claim_in_queues,
+        statements.claim_limited,
+        statements.finish_and_claim_plain,
+        statements.finish_and_claim_in_queues_plain,
+    ):
+        assert "job_dependencies" not in str(statement)  # ...that has no subplan on the edges
+
+
+def test_a_claim_of_steps_reads_their_upstream_and_dependents_in_a_second_statement(engine):
+    queue = _queue()
+    flow = Workflow("chain")
+    first = flow.add("a")
+    flow.add("c", after=[flow.add("b", after=[first])])
+    workflow_id = queue.enqueue_workflow(engine, flow)
+    a_id, b_id, c_id = [s.id for s in queue.get_workflow(engine, workflow_id).steps]
+    run_due_jobs(queue, engine, tasks=["a"])
+    sent, (b,) = _sent_by_claim(queue, engine, "b")
+    assert sent == [queue.statements.claim, queue.statements.workflows.step_context]
+    assert (b.job.id, b.job.workflow_id, b.job.dependents) == (b_id, workflow_id, (c_id,))
+    (parent,) = b.job.upstream.values()
+    assert (parent.id, parent.status, parent.result) == (a_id, JobStatus.succeeded, "a")

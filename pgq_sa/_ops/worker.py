@@ -139,7 +139,9 @@ def claim(
         rows = yield statements.claim, params
     else:
         rows = yield statements.claim_in_queues, {**params, "queues": list(queues)}
-    return _claims(rows)
+    claims = _claims(rows)
+    yield from _step_context(statements, claims.jobs)
+    return claims
 
 
 def claim_limited(
@@ -156,7 +158,9 @@ def claim_limited(
         rows = yield statements.claim_limited, params
     else:
         rows = yield statements.claim_limited_in_queues, {**params, "queues": list(queues)}
-    return _claims([row[:_CLAIMED] for row in rows])  # then "paced"
+    claims = _claims([row[:_CLAIMED] for row in rows])  # then "paced"
+    yield from _step_context(statements, claims.jobs)
+    return claims
 
 
 _CLAIMED = len(CLAIMED_COLUMNS)
@@ -190,8 +194,6 @@ def _claimed(rows: Sequence[Any]) -> list[Claimed]:
         started_at,
         meta,
         workflow_id,
-        upstream,
-        dependents,
     ) in rows:
         job = Job(
             job_id,
@@ -209,10 +211,21 @@ def _claimed(rows: Sequence[Any]) -> list[Claimed]:
         )
         if workflow_id is not None:
             job.workflow_id = workflow_id
-            job.upstream = upstream_infos(upstream)
-            job.dependents = tuple(dependents or ())
         claimed.append(Claimed(job, timeout, cancel_requested))
     return claimed
+
+
+def _step_context(statements: Statements, claimed: list[Claimed]) -> Operation[None]:
+    """Give the workflow steps among ``claimed`` their ``upstream`` and ``dependents``: one more
+    statement, only when a claim leased steps (see ``step_context`` in ``_sql.workflows``)."""
+    steps = {item.job.id: item.job for item in claimed if item.job.workflow_id is not None}
+    if not steps:
+        return
+    rows: Sequence[Any] = yield statements.workflows.step_context, {"ids": list(steps)}
+    for job_id, upstream, dependents in rows:
+        job = steps[job_id]
+        job.upstream = upstream_infos(upstream)
+        job.dependents = tuple(dependents or ())
 
 
 def upstream_infos(entries: Sequence[dict[str, Any]] | None) -> dict[int, JobInfo]:
@@ -325,7 +338,9 @@ def finish_and_claim(
             recorded = dict(
                 zip(summary.written_ids or (), summary.written_states or (), strict=True)
             )
-    return _finished(outcomes, recorded, next_retry), Claims(_claimed(claimed_rows), alive)
+    claims = Claims(_claimed(claimed_rows), alive)
+    yield from _step_context(statements, claims.jobs)
+    return _finished(outcomes, recorded, next_retry), claims
 
 
 def lost_lease(outcomes: Sequence[Outcome]) -> Finished:

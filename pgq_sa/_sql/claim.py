@@ -71,7 +71,7 @@ def lease(s: str, picked: str) -> str:
        SET state = 'running', attempt = c.attempt + 1, started_at = now(),
            worker_id = :worker_id
      WHERE c.id = any(ARRAY(SELECT {picked}.id FROM {picked}))
-    RETURNING {claimed_sql(s, "c")}"""
+    RETURNING {claimed_sql("c")}"""
 
 
 def parameters(tables: QueueTables, *, in_queues: bool) -> list[BindParameter[Any]]:

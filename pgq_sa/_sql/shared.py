@@ -8,9 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
-    ARRAY,
-    JSON,
-    BigInteger,
     Interval,
     Text,
     column,
@@ -61,31 +58,10 @@ class ClaimedRow(NamedTuple):
     run_at: datetime
     started_at: datetime
     meta: Any
-    workflow_id: int | None
-    upstream: Any  # workflow steps: a JSON array of their direct dependencies (see claimed_sql)
-    dependents: list[int] | None  # workflow steps: the ids of the steps that wait for them
+    workflow_id: int | None  # a step's upstream and dependents: see ``step_context``
 
 
 CLAIMED_COLUMNS: tuple[str, ...] = ClaimedRow._fields
-
-# What a claimed workflow step learns of each direct dependency (its ``job.upstream``): the
-# columns of a ``JobInfo`` but the payload (a fan-in of 10,000 would carry 10,000 payloads);
-# times as epoch seconds.
-_UPSTREAM = """CASE WHEN {a}.workflow_id IS NULL THEN NULL ELSE (
-           SELECT json_agg(json_build_object(
-                      'id', p.id, 'task', p.task, 'queue', p.queue, 'state', p.state,
-                      'attempt', p.attempt, 'max_attempts', p.max_attempts,
-                      'priority', p.priority, 'result', p.result, 'error', p.error,
-                      'created_at', extract(epoch FROM p.created_at),
-                      'started_at', extract(epoch FROM p.started_at),
-                      'finished_at', extract(epoch FROM p.finished_at),
-                      'run_at', extract(epoch FROM p.run_at),
-                      'dedupe_key', p.dedupe_key, 'workflow_id', p.workflow_id) ORDER BY p.id)
-             FROM "{s}".job_dependencies AS d JOIN "{s}".jobs AS p ON p.id = d.depends_on
-            WHERE d.job_id = {a}.id) END AS upstream,
-       CASE WHEN {a}.workflow_id IS NULL THEN NULL ELSE ARRAY(
-           SELECT d.job_id FROM "{s}".job_dependencies AS d WHERE d.depends_on = {a}.id
-            ORDER BY d.job_id) END AS dependents"""
 
 
 class FinishSummaryRow(NamedTuple):
@@ -177,23 +153,14 @@ def new_jobs_source(schema: str, inputs: tuple[JsonColumn, ...]) -> str:
 ENQUEUE_INPUT = json_input(ENQUEUE_COLUMNS)
 
 
-_COMPUTED: dict[str, Any] = {"upstream": JSON, "dependents": ARRAY(BigInteger)}
-
-
-def claimed_sql(schema: str, alias: str) -> str:
-    """``CLAIMED_COLUMNS`` of the jobs row ``alias``, for a RETURNING list in SQL text. A job
-    outside workflows pays one ``IS NULL`` test for ``upstream`` and one for ``dependents``; a
-    step, one index range of its edges each way and a primary-key lookup per dependency."""
-    columns = [f"{alias}.{name}" for name in CLAIMED_COLUMNS if name not in _COMPUTED]
-    return ", ".join([*columns, _UPSTREAM.format(a=alias, s=schema)])
+def claimed_sql(alias: str) -> str:
+    """``CLAIMED_COLUMNS`` of the jobs row ``alias``, for a RETURNING list in SQL text."""
+    return ", ".join(f"{alias}.{name}" for name in CLAIMED_COLUMNS)
 
 
 def claimed_types(tables: QueueTables) -> list[ColumnClause[Any]]:
     """``CLAIMED_COLUMNS`` typed as the jobs table types them, for ``TextClause.columns``."""
-    return [
-        column(name, _COMPUTED[name] if name in _COMPUTED else tables.jobs.c[name].type)
-        for name in CLAIMED_COLUMNS
-    ]
+    return [column(name, tables.jobs.c[name].type) for name in CLAIMED_COLUMNS]
 
 
 def one_second() -> ColumnElement[timedelta]:

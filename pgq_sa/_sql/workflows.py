@@ -914,6 +914,46 @@ SELECT (SELECT count(*) FROM gone) AS workflows, (SELECT count(*) FROM steps) AS
     )
 
 
+def step_context(tables: QueueTables) -> Executable:
+    """What the workflow steps a claim leased (``:ids``) learn beside their row: ``job.upstream``,
+    each direct dependency with the columns of a ``JobInfo`` but the payload (a fan-in of
+    10,000 would carry 10,000 payloads), times as epoch seconds; and ``job.dependents``, the
+    ids of the steps that wait for them.
+
+    A second statement, sent only after a claim that leased steps: in the claim itself, even
+    unused, these subqueries cost every claim of plain jobs their setup. Their parents are
+    finished (a step is claimed only then) and their dependents are added only by the step
+    itself, so reading them after the claim committed reads what the claim would have."""
+    s = tables.schema
+    return (
+        text(
+            f"""
+SELECT c.id,
+       (SELECT json_agg(json_build_object(
+                   'id', p.id, 'task', p.task, 'queue', p.queue, 'state', p.state,
+                   'attempt', p.attempt, 'max_attempts', p.max_attempts,
+                   'priority', p.priority, 'result', p.result, 'error', p.error,
+                   'created_at', extract(epoch FROM p.created_at),
+                   'started_at', extract(epoch FROM p.started_at),
+                   'finished_at', extract(epoch FROM p.finished_at),
+                   'run_at', extract(epoch FROM p.run_at),
+                   'dedupe_key', p.dedupe_key, 'workflow_id', p.workflow_id) ORDER BY p.id)
+          FROM "{s}".job_dependencies AS d JOIN "{s}".jobs AS p ON p.id = d.depends_on
+         WHERE d.job_id = c.id) AS upstream,
+       ARRAY(SELECT d.job_id FROM "{s}".job_dependencies AS d WHERE d.depends_on = c.id
+              ORDER BY d.job_id) AS dependents
+  FROM unnest(CAST(:ids AS bigint[])) AS c(id)
+"""
+        )
+        .bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
+        .columns(
+            column("id", BigInteger),
+            column("upstream", JSON),
+            column("dependents", ARRAY(BigInteger)),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class WorkflowStatements:
     """The statements of workflows (the unblocking itself lives in the finishing statements)."""
@@ -934,6 +974,7 @@ class WorkflowStatements:
     retry_steps: Executable
     settle_stragglers: Executable
     prune: Executable
+    step_context: Executable
 
     @classmethod
     def build(cls, tables: QueueTables) -> WorkflowStatements:
@@ -955,4 +996,5 @@ class WorkflowStatements:
             retry_steps=retry_steps(tables),
             settle_stragglers=settle_stragglers(tables),
             prune=prune_workflows(tables),
+            step_context=step_context(tables),
         )
