@@ -94,8 +94,19 @@ class ProcessProducer:
 
     def enqueue(self) -> float:
         """Enqueue one job; return ``time.perf_counter()`` right after its commit returned."""
+        self.request()
+        return self.commit_time()
+
+    def request(self) -> None:
+        """Ask for one job, without waiting: :meth:`commit_time` reads when it committed. A
+        coordinator that reads it only after the measured event keeps its own process quiet
+        while it is measured (no thread of it wakes up to read the answer meanwhile)."""
         assert self._pipe is not None, "use ProcessProducer as a context manager"
         self._pipe.send(True)
+
+    def commit_time(self) -> float:
+        """``time.perf_counter()`` right after the requested job's commit returned."""
+        assert self._pipe is not None, "use ProcessProducer as a context manager"
         return float(self._pipe.recv())
 
     def __exit__(

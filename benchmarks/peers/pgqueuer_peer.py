@@ -240,7 +240,7 @@ async def pgqueuer_wakeup(
     gap: float = 0.05,
     settle: float = 1.0,
     timeout: float = 10.0,
-    enqueue: Callable[[], Awaitable[float]] | None = None,
+    enqueue: Callable[[], Awaitable[Callable[[], float]]] | None = None,
 ) -> list[float]:
     """Seconds from each enqueue's commit to its handler's start, on an idle QueueManager.
 
@@ -251,9 +251,10 @@ async def pgqueuer_wakeup(
     the handler notes ``time.perf_counter()`` as it starts and sets an event the producer
     waits for; then *gap* seconds of idleness before the next job.
 
-    *enqueue*, if given, replaces the in-loop producer: it must enqueue one ``ping`` job
-    (committed) somewhere else, e.g. in another process, and return the
-    ``time.perf_counter()`` noted right after the commit returned.
+    *enqueue*, if given, replaces the in-loop producer: it must have one ``ping`` job enqueued
+    (committed) somewhere else, e.g. in another process, and return a function that gives the
+    ``time.perf_counter()`` noted right after that commit returned; it is called once the
+    handler has started.
     """
     worker_connection = await asyncpg.connect(dsn)
     producer_connection = await asyncpg.connect(dsn)
@@ -277,12 +278,12 @@ async def pgqueuer_wakeup(
                 raise RuntimeError("the QueueManager stopped early")
             arrived.clear()
             if enqueue is not None:
-                committed = await enqueue()
+                commit_time = await enqueue()
             else:
                 await producer.enqueue(PING, None)
-                committed = time.perf_counter()
+                commit_time = _noted(time.perf_counter())
             await asyncio.wait_for(arrived.wait(), timeout)
-            latencies.append(started[-1] - committed)
+            latencies.append(started[-1] - commit_time())
             await asyncio.sleep(gap)
     finally:
         manager.shutdown.set()
@@ -292,6 +293,10 @@ async def pgqueuer_wakeup(
             await worker_connection.close()
             await producer_connection.close()
     return latencies
+
+
+def _noted(moment: float) -> Callable[[], float]:
+    return lambda: moment
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -11,7 +11,9 @@ Producers (``--producer``):
 
 * ``process`` (default): a child process (:mod:`benchmarks.producer`) - ``queue.enqueue`` on a
   sync Engine for pgq_sa, ``Queries.enqueue`` on asyncpg for PgQueuer. Its clock note is not
-  delayed by the worker's threads or event loop.
+  delayed by the worker's threads or event loop, and the coordinator reads it only once the
+  handler has started: nothing in the measured process wakes up to read it meanwhile (a thread
+  doing so competes with the worker for the GIL and its event loop, inside the measured window).
 * ``inline``: in the worker's process - the main thread with ``queue.enqueue`` on a sync Engine
   (threads), ``enqueue_async`` on an AsyncEngine in the worker's loop (asyncio), on a sync
   Engine in the loop (trio), ``Queries.enqueue`` on a second asyncpg connection (PgQueuer). The
@@ -63,20 +65,34 @@ def _url_text(context: Context) -> str:
     return context.url.render_as_string(hide_password=False)
 
 
+CommitTime = Callable[[], float]  # read after the handler started: when the enqueue committed
+
+
+def _noted(moment: float) -> CommitTime:
+    return lambda: moment
+
+
 @contextlib.contextmanager
-def _sync_enqueue(context: Context, queue: Queue, producer: str) -> Iterator[Callable[[], float]]:
+def _sync_enqueue(
+    context: Context, queue: Queue, producer: str
+) -> Iterator[Callable[[], CommitTime]]:
     """A blocking ``enqueue() -> commit time`` for the thread worker's coordinator."""
     if producer == "process":
         with ProcessProducer("pgq_sa", _url_text(context), PING, queue.schema) as child:
-            yield child.enqueue
+
+            def request() -> CommitTime:
+                child.request()
+                return child.commit_time
+
+            yield request
         return
     engine = make_engine(context.url)
     try:
         warm(engine, 1)
 
-        def enqueue() -> float:
+        def enqueue() -> CommitTime:
             queue.enqueue(engine, PING)
-            return time.perf_counter()
+            return _noted(time.perf_counter())
 
         yield enqueue
     finally:
@@ -86,13 +102,14 @@ def _sync_enqueue(context: Context, queue: Queue, producer: str) -> Iterator[Cal
 @contextlib.asynccontextmanager
 async def _async_enqueue(
     context: Context, queue: Queue, kind: str, producer: str
-) -> AsyncIterator[Callable[[], Awaitable[float]]]:
+) -> AsyncIterator[Callable[[], Awaitable[CommitTime]]]:
     """An awaitable ``enqueue() -> commit time`` inside the async worker's event loop."""
     if producer == "process":
         with ProcessProducer("pgq_sa", _url_text(context), PING, queue.schema) as child:
 
-            async def from_child() -> float:
-                return await anyio.to_thread.run_sync(child.enqueue)
+            async def from_child() -> CommitTime:
+                child.request()
+                return child.commit_time
 
             yield from_child
         return
@@ -111,9 +128,9 @@ async def _async_enqueue(
         bind = sync_engine
     try:
 
-        async def enqueue() -> float:
+        async def enqueue() -> CommitTime:
             await queue.enqueue_async(bind, PING)
-            return time.perf_counter()
+            return _noted(time.perf_counter())
 
         yield enqueue
     finally:
@@ -157,10 +174,10 @@ def _threads(
                     if failure:
                         raise RuntimeError("the worker stopped") from failure[0]
                     arrived.clear()
-                    committed = enqueue()
+                    commit_time = enqueue()
                     if not arrived.wait(SAMPLE_TIMEOUT):
                         raise RuntimeError(f"a job did not start within {SAMPLE_TIMEOUT:g} s")
-                    latencies.append(started[-1] - committed)
+                    latencies.append(started[-1] - commit_time())
                     time.sleep(gap)
             finally:
                 worker.stop()
@@ -206,10 +223,10 @@ def _async(
                 await anyio.sleep(idle)
                 for _ in range(samples):
                     arrived.append(anyio.Event())
-                    committed = await enqueue()
+                    commit_time = await enqueue()
                     with anyio.fail_after(SAMPLE_TIMEOUT):
                         await arrived[-1].wait()
-                    latencies.append(started[-1] - committed)
+                    latencies.append(started[-1] - commit_time())
                     await anyio.sleep(gap)
                 worker.stop()
 
@@ -247,12 +264,13 @@ def measure_peer(
         asyncio.run(peer.pgqueuer_install(context.dsn, context.durability))
         try:
             with contextlib.ExitStack() as stack:
-                enqueue: Callable[[], Awaitable[float]] | None = None
+                enqueue: Callable[[], Awaitable[CommitTime]] | None = None
                 if producer == "process":
                     child = stack.enter_context(ProcessProducer("pgqueuer", context.dsn, PING))
 
-                    async def from_child() -> float:
-                        return await asyncio.to_thread(child.enqueue)
+                    async def from_child() -> CommitTime:
+                        child.request()
+                        return child.commit_time
 
                     enqueue = from_child
                 latencies = asyncio.run(

@@ -278,6 +278,8 @@ class _Tasks:
                     return await self._database.run(operation, deadline)
                 return await self._lanes[lane, number].run(operation, deadline)
             case effects.Wait(signal, timeout):
+                if self._summoned:  # runners woken for jobs just claimed: they start first
+                    await anyio.lowlevel.checkpoint()
                 return await self._events[signal].wait(timeout)
             case effects.ListenConnect():
                 return await anyio.to_thread.run_sync(self._listen.connect)
