@@ -129,49 +129,6 @@ def test_a_rescue_skips_a_worker_whose_claim_is_in_flight(engine):
     assert (rescued.workers, rescued.requeued) == (1, 3)
 
 
-def test_a_claim_that_finds_nothing_writes_nothing(engine):
-    """An idle worker's claims find nothing, several a second: they must not lock the worker's
-    row (a lock is a write, and each would commit with a WAL flush). One that finds jobs does."""
-    queue = Queue()
-    claimer = register(engine, queue, protocol.Identity.new("claimer"))
-    with engine.connect() as connection:
-        claims = run_sync(connection, protocol.claim(queue.statements, claimer.id, ["t"], None, 3))
-        (xid,) = connection.execute(text("SELECT pg_current_xact_id_if_assigned()")).one()
-        connection.rollback()
-    assert (claims.jobs, claims.alive, xid) == ([], True, None)
-    queue.enqueue(engine, "t")
-    with engine.connect() as connection:
-        claims = run_sync(connection, protocol.claim(queue.statements, claimer.id, ["t"], None, 3))
-        locked = connection.execute(
-            text(
-                "SELECT count(*) FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation "
-                "WHERE l.pid = pg_backend_pid() AND c.relname = 'workers' "
-                "AND l.mode = 'RowShareLock'"
-            )
-        ).scalar_one()
-        connection.rollback()
-    assert (len(claims.jobs), locked) == (1, 1)  # the row lock of FOR KEY SHARE, on workers
-
-
-@pytest.mark.parametrize("limited", [False, True])
-def test_a_dead_claimer_learns_it_from_a_claim_that_finds_nothing(engine, limited):
-    queue = Queue()
-    queue.task("t", concurrency=2)(lambda job: None)
-    claimer = register(engine, queue, protocol.Identity.new("claimer"))
-    run_sync(engine, protocol.upsert_limits(queue.statements, list(queue.tasks.values())))
-    claim = protocol.claim_limited if limited else protocol.claim
-    with engine.begin() as connection:
-        assert run_sync(connection, claim(queue.statements, claimer.id, ["t"], None, 3)).alive
-    _age(engine, claimer.id)
-    with engine.begin() as connection:
-        claims = run_sync(connection, claim(queue.statements, claimer.id, ["t"], None, 3))
-    assert (claims.jobs, claims.alive) == ([], False)
-    queue.enqueue(engine, "t")  # with a job to claim: the locked row says the same
-    with engine.begin() as connection:
-        claims = run_sync(connection, claim(queue.statements, claimer.id, ["t"], None, 3))
-    assert (claims.jobs, claims.alive) == ([], False)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_worker_declared_dead_registers_again_under_a_new_id(kind, engine, database_url):
     queue = Queue()

@@ -65,7 +65,8 @@ def claim_limited(tables: QueueTables, *, in_queues: bool) -> Executable:
     return (
         text(
             f"""
-WITH limits AS (
+WITH {claimer(s)},
+limits AS (
     SELECT l.task,
            l.rate_period / l.rate_count AS spacing,
            greatest(l.rate_count / 10, 1) AS burst,
@@ -89,7 +90,7 @@ picked AS (
       CROSS JOIN LATERAL (
           SELECT j.id, j.priority, j.run_at
             FROM "{s}".jobs AS j
-           WHERE {claimable(s, "j", in_queues=in_queues, task="a.task", lazy=True)}
+           WHERE {claimable(s, "j", in_queues=in_queues, task="a.task")}
            ORDER BY {order("j")}
            LIMIT a.allowed
              FOR UPDATE OF j SKIP LOCKED
@@ -97,9 +98,8 @@ picked AS (
      ORDER BY {order("c")}
      LIMIT :limit
 ),
-{claimer(s, lazy=True)},
 claimed AS (
-    {lease(s, "picked", lazy=True)}
+    {lease(s, "picked")}
 ),
 paced AS (
     UPDATE "{s}".task_limits AS l
@@ -111,7 +111,7 @@ paced AS (
 )
 SELECT claimed.*, (SELECT count(*) FROM paced) AS paced FROM claimed
 UNION ALL
-{dead_claimer_row(s, len(CLAIMED_COLUMNS) + 1, lazy=True)}
+{dead_claimer_row(len(CLAIMED_COLUMNS) + 1)}
 """
         )
         .bindparams(*claim_parameters(tables, in_queues=in_queues))
