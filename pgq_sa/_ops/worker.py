@@ -229,7 +229,7 @@ def _step_context(statements: Statements, claimed: list[Claimed]) -> Operation[N
 
 
 def upstream_infos(entries: Sequence[dict[str, Any]] | None) -> dict[int, JobInfo]:
-    """``job.upstream`` from the claim's JSON array (see ``_sql.shared``), by job id."""
+    """``job.upstream`` from ``step_context``'s JSON array (see ``_sql.workflows``), by job id."""
     found: dict[int, JobInfo] = {}
     for e in entries or ():
         found[int(e["id"])] = JobInfo(
